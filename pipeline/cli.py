@@ -1,0 +1,59 @@
+"""What every stage's command line shares: quiet TensorFlow, absl flags defined once, and the rule
+that bad input ends in one line on stderr and exit code 2, never a traceback."""
+
+import os
+import signal
+import sys
+import warnings
+
+# TensorFlow's C++ logging and oneDNN notices bury the one line a user needs; set before TF loads.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags, logging  # noqa: E402
+
+from pipeline.errors import PipelineError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define(kind, name, default, *args, **kwargs):
+    """Defines flag `name` unless another stage already did (export defines every stage's flags)."""
+    if name in FLAGS:
+        return
+    getattr(flags, "DEFINE_" + kind)(name, default, *args, **kwargs)
+
+
+def _terminate_as_interrupt(signum, frame):
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so that staged outputs are cleaned up and
+    # previous artifacts stay untouched.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(main):
+    """absl's app.run, with typed pipeline errors turned into one line and an exit code."""
+
+    def guarded(argv):
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        logging.set_verbosity(logging.WARNING)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"tensorflow|keras")
+        try:
+            return main(argv)
+        except PipelineError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted: previous artifacts left as they were", file=sys.stderr)
+            sys.exit(130)
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    # absl reports a bad flag value with exit code 1 and two lines of usage hints; a bad flag is bad
+    # input like any other, so it gets the same one line and exit code 2.
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error} (see --help)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,265 @@
+"""Stage 4: Keras → `.tflite`, float or quantized.
+
+    --quantize none      float32 weights and activations (the float reference)
+    --quantize float16   float16 weights, dequantized at load; float32 compute
+    --quantize dynamic   int8 weights, float activations (dynamic-range quantization)
+    --quantize int8      full integer: TFLITE_BUILTINS_INT8 only, per-channel int8 weights, int8
+                         activations calibrated on the representative set; uint8 (default), int8
+                         or float32 model input/output (--io)
+    --quantize int16x8   int8 weights, int16 activations (accurate, but no XNNPACK kernels: slow)
+
+Keras 3 note: `TFLiteConverter.from_keras_model` is the path that works with the Keras 3 that
+TensorFlow 2.21 ships (it exports a SavedModel internally). A concrete function of the model keeps
+its weights as resource variables, and int8 calibration then fails on READ_VARIABLE.
+
+    python -m pipeline.convert --alpha 0.35 --resolution 96 --weights random --quantize int8
+"""
+
+import collections
+import contextlib
+import dataclasses
+import io
+
+from pipeline.errors import PipelineInputError
+
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int16x8")
+IO_TYPES = ("auto", "uint8", "int8", "float32", "int16")
+# The compute ops that must be integer in a full-int8 MobileNetV2.
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    quantize: str = "int8"
+    io: str = "auto"  # uint8 for int8, float32 otherwise
+    per_channel: bool = True
+
+    def io_type(self):
+        if self.io != "auto":
+            return self.io
+        return "uint8" if self.quantize == "int8" else "float32"
+
+
+@dataclasses.dataclass
+class TensorSpec:
+    name: str
+    shape: list
+    dtype: str
+    scale: float = None
+    zero_point: int = None
+
+    def to_config(self):
+        spec = {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+        if self.scale is not None:
+            spec["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
+        return spec
+
+
+@dataclasses.dataclass
+class ConvertedModel:
+    tflite: bytes
+    config: ConvertConfig
+    input: TensorSpec
+    output: TensorSpec
+    ops: dict  # "OP_NAME[input dtype]" -> count
+    weighted_ops: list  # [{op, weight_dtype, per_channel, activation_dtype}] for conv/dw/fc ops
+
+    @property
+    def size_bytes(self):
+        return len(self.tflite)
+
+    def summary(self):
+        return {
+            "quantize": self.config.quantize,
+            "io": self.config.io_type(),
+            "per_channel": self.config.per_channel,
+            "size_bytes": self.size_bytes,
+            "ops": self.ops,
+            "weighted_ops": summarize_weighted_ops(self.weighted_ops),
+        }
+
+
+def check_config(cfg):
+    if cfg.quantize not in QUANTIZE_MODES:
+        raise PipelineInputError(
+            f"--quantize {cfg.quantize} is unknown: use one of {', '.join(QUANTIZE_MODES)}"
+        )
+    io_type = cfg.io_type()
+    allowed = {
+        "int8": ("uint8", "int8", "float32"),
+        "int16x8": ("int16", "float32"),
+    }.get(cfg.quantize, ("float32",))
+    if io_type not in allowed:
+        raise PipelineInputError(
+            f"--io {io_type} does not go with --quantize {cfg.quantize}: use --io "
+            + " or ".join(allowed)
+        )
+
+
+def _dtype_name(code):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}[code].lower()
+
+
+def inspect_tflite(model_bytes):
+    """(ops histogram, weighted-op details) read from the flatbuffer itself."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    ops = collections.Counter()
+    weighted = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        activation = graph.tensors[op.inputs[0]]
+        ops[f"{name}[{_dtype_name(activation.type)}]"] += 1
+        if name in WEIGHTED_OPS:
+            weight = graph.tensors[op.inputs[1]]
+            scales = weight.quantization.scale if weight.quantization is not None else None
+            weighted.append({
+                "op": name,
+                "activation_dtype": _dtype_name(activation.type),
+                "weight_dtype": _dtype_name(weight.type),
+                "per_channel": scales is not None and len(scales) > 1,
+            })
+    return dict(sorted(ops.items())), weighted
+
+
+def summarize_weighted_ops(weighted):
+    summary = collections.Counter(
+        f"{w['op']}: activations {w['activation_dtype']}, weights {w['weight_dtype']}"
+        + (" per-channel" if w["per_channel"] else "")
+        for w in weighted
+    )
+    return dict(sorted(summary.items()))
+
+
+def io_specs(model_bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_bytes)
+    specs = []
+    for detail in (interpreter.get_input_details()[0], interpreter.get_output_details()[0]):
+        scale, zero_point = detail["quantization"]
+        quantized = scale != 0.0
+        specs.append(TensorSpec(
+            name=detail["name"],
+            shape=[int(d) for d in detail["shape"]],
+            dtype=detail["dtype"].__name__,
+            scale=float(scale) if quantized else None,
+            zero_point=int(zero_point) if quantized else None,
+        ))
+    return specs
+
+
+def convert(built, calibration_arrays, cfg):
+    """Converts a BuiltModel. `calibration_arrays` (float32 NHWC) is used by int8 and int16x8."""
+    import numpy as np
+    import tensorflow as tf
+
+    check_config(cfg)
+    converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
+    needs_calibration = cfg.quantize in ("int8", "int16x8")
+    if cfg.quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if cfg.quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if needs_calibration:
+        if calibration_arrays is None or len(calibration_arrays) == 0:
+            raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
+
+        def representative_dataset():
+            for array in calibration_arrays:
+                yield [np.asarray(array, np.float32)[None]]
+
+        converter.representative_dataset = representative_dataset
+        if cfg.quantize == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+        io_type = {"uint8": tf.uint8, "int8": tf.int8, "int16": tf.int16, "float32": tf.float32}[
+            cfg.io_type()
+        ]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+        if not cfg.per_channel:
+            # Per-tensor weights: one scale per conv kernel. Kept as an option because it shows
+            # why MobileNetV2 needs per-channel (depthwise channel ranges differ 30x+).
+            converter._experimental_disable_per_channel = True
+    # The converter prints the SavedModel it writes internally and its calibration settings to
+    # stdout; the user needs neither.
+    from pipeline.device_runner import quiet_native_stderr
+
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+        model_bytes = converter.convert()
+    ops, weighted = inspect_tflite(model_bytes)
+    input_spec, output_spec = io_specs(model_bytes)
+    return ConvertedModel(
+        tflite=model_bytes, config=cfg, input=input_spec, output=output_spec, ops=ops,
+        weighted_ops=weighted,
+    )
+
+
+def define_flags():
+    from pipeline.cli import define
+
+    define("string", "quantize", "int8", "none | float16 | dynamic | int8 | int16x8")
+    define("string", "io", "auto",
+           "Model input/output type: uint8 | int8 | float32 (| int16 for int16x8); auto = uint8 "
+           "for int8 (an app feeds camera bytes), float32 otherwise.")
+    define("enum", "granularity", "per-channel", ["per-channel", "per-tensor"], "Weight quantization granularity for int8 (per-tensor breaks MobileNetV2; kept to show it).")
+
+
+def config_from_flags(flag_values):
+    return ConvertConfig(
+        quantize=flag_values["quantize"].value,
+        io=flag_values["io"].value,
+        per_channel=flag_values["granularity"].value == "per-channel",
+    )
+
+
+def main(argv):
+    import json
+    import sys
+
+    from absl import flags
+
+    from pipeline import build, calibrate
+    from pipeline.preprocess import Preprocessing
+
+    flag_values = flags.FLAGS
+    convert_cfg = config_from_flags(flag_values)
+    check_config(convert_cfg)
+    out = flag_values["out"].value
+    built = build.build_model(build.config_from_flags(flag_values))
+    arrays = None
+    if convert_cfg.quantize in ("int8", "int16x8"):
+        cal_cfg = calibrate.config_from_flags(flag_values, imagenet_weights=built.synsets is not None)
+        arrays = calibrate.representative_dataset(
+            cal_cfg, Preprocessing(resolution=built.resolution),
+            progress=calibrate.progress_bar("calibration images"),
+        ).arrays
+    converted = convert(built, arrays, convert_cfg)
+    if out:
+        from pipeline.report import write_files_atomically
+
+        write_files_atomically(out, {"": converted.tflite})
+    json.dump(converted.summary(), sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    from pipeline import build, calibrate
+    from pipeline.cli import define, run
+
+    build.define_flags()
+    calibrate.define_flags()
+    define_flags()
+    define("string", "out", None, "Where to write the .tflite (atomically).")
+    run(main)

@@ -1,0 +1,189 @@
+"""The one preprocessing function: image file → the float tensor MobileNetV2 was trained on.
+
+Calibration, evaluation, reports and golden vectors for apps all call `preprocess`; nothing else in
+the project turns pixels into model input. Feeding a model differently from how it was calibrated is
+the classic silent failure of int8 deployment (the model then answers one class for everything), so
+the exact steps are also written into `model_config.json` (`Preprocessing.to_config`) for apps.
+
+Steps, in order:
+  1. decode with Pillow; apply the EXIF orientation tag;
+  2. convert to 8-bit RGB: palette and grayscale expand to RGB, alpha is discarded (colour values
+     kept as stored), CMYK uses Pillow's conversion, 16-bit and 32-bit integer samples keep their
+     high byte (value >> 8);
+  3. center crop: the largest centered square, scaled by `crop_fraction` (1.0 keeps the whole
+     shorter side, the framing a camera preview shows; 0.875 is the Inception-style eval crop);
+     side = round(min(w, h) * crop_fraction), left = (w - side) // 2, top = (h - side) // 2;
+  4. resize that square to resolution × resolution with Pillow's bilinear filter (antialiased when
+     shrinking: the kernel support widens with the scale factor);
+  5. scale: x = pixel / 127.5 - 1, so x lies in [-1, 1] (`keras.applications.mobilenet_v2`).
+"""
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    resolution: int = 224
+    crop_fraction: float = 1.0
+    resample: str = "bilinear"
+    # x = pixel * scale + offset: MobileNetV2's [-1, 1].
+    scale: float = 1 / 127.5
+    offset: float = -1.0
+
+    def crop_box(self, width, height):
+        side = max(1, int(round(min(width, height) * self.crop_fraction)))
+        left = (width - side) // 2
+        top = (height - side) // 2
+        return (left, top, left + side, top + side)
+
+    def to_config(self):
+        """The steps, precisely enough for an app to reproduce them (model_config.json)."""
+        return {
+            "decoder": "Pillow",
+            "exif_orientation": "applied (ImageOps.exif_transpose) before anything else",
+            "color": "RGB, 8 bits a channel; alpha discarded; grayscale replicated to R=G=B; "
+            "16-bit samples keep their high byte",
+            "crop": {
+                "kind": "center_square",
+                "crop_fraction": self.crop_fraction,
+                "formula": "side = round(min(w, h) * crop_fraction); left = (w - side) // 2; "
+                "top = (h - side) // 2",
+            },
+            "resize": {
+                "size": [self.resolution, self.resolution],
+                "filter": self.resample,
+                "library": "Pillow Image.resize(size, BILINEAR, box=crop) (antialiased when shrinking)",
+            },
+            "normalize": {
+                "formula": "x = pixel * scale + offset",
+                "scale": self.scale,
+                "offset": self.offset,
+                "range": [-1.0, 1.0],
+            },
+            "layout": "NHWC, RGB channel order",
+        }
+
+
+def _to_rgb(image):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow's own I;16 → RGB conversion clips at 255 instead of scaling; keep the high byte.
+        samples = np.asarray(image, dtype=np.uint32) >> 8
+        image = Image.fromarray(np.clip(samples, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def load_rgb(path):
+    """Decodes one image file into an 8-bit RGB Pillow image, EXIF orientation applied.
+
+    Raises OSError / UnidentifiedImageError for files that are not images or are truncated; the
+    caller decides whether to skip them.
+    """
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+
+
+def pixels(image, spec):
+    """Steps 1–4: an image (path or Pillow image) → uint8 array (resolution, resolution, 3)."""
+    if not isinstance(image, Image.Image):
+        image = load_rgb(image)
+    else:
+        image = _to_rgb(ImageOps.exif_transpose(image))
+    box = spec.crop_box(*image.size)
+    resized = image.resize(
+        (spec.resolution, spec.resolution), resample=Image.Resampling.BILINEAR, box=box
+    )
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def normalize(pixel_array, spec):
+    """Step 5: uint8 pixels → float32 model input."""
+    return pixel_array.astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
+
+
+def preprocess(image, spec):
+    """The whole transform: an image file (or Pillow image) → float32 (resolution, resolution, 3)."""
+    return normalize(pixels(image, spec), spec)
+
+
+@dataclasses.dataclass
+class LoadedImages:
+    paths: list
+    arrays: np.ndarray  # float32 (n, resolution, resolution, 3)
+    skipped: list  # [(path, reason)] of files that are not decodable images
+
+
+def _try_preprocess(path, spec):
+    try:
+        return preprocess(path, spec), None
+    except (UnidentifiedImageError, SyntaxError, ValueError) as error:
+        return None, f"not a decodable image ({error})"
+    except OSError as error:
+        # Truncated or corrupt data is the file's fault: skip it. A file that cannot be opened at
+        # all (permissions, a dangling link) is the environment's: let the caller report it.
+        if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError)):
+            raise
+        return None, f"corrupt or truncated image ({error})"
+
+
+def load_images(paths, spec, progress=None, workers=None):
+    """Preprocesses many files on a thread pool (Pillow decodes without holding the GIL).
+
+    Undecodable files are skipped and listed in `skipped`; unreadable ones raise OSError.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    arrays, good, skipped = [], [], []
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda p: _try_preprocess(p, spec), paths)
+        if progress is not None:
+            results = progress(results, total=len(paths))
+        for path, (array, reason) in zip(paths, results):
+            if array is None:
+                skipped.append((str(path), reason))
+            else:
+                arrays.append(array)
+                good.append(path)
+    shape = (0, spec.resolution, spec.resolution, 3)
+    stacked = np.stack(arrays) if arrays else np.zeros(shape, np.float32)
+    return LoadedImages(paths=good, arrays=stacked, skipped=skipped)
+
+
+def main(argv):
+    """Prints the tensor `preprocess` makes of each image (shape, range, checksum)."""
+    import hashlib
+
+    from absl import flags
+
+    from pipeline.errors import PipelineInputError
+
+    spec = Preprocessing(resolution=flags.FLAGS["resolution"].value,
+                         crop_fraction=flags.FLAGS["crop-fraction"].value)
+    if len(argv) < 2:
+        raise PipelineInputError("give images: python -m pipeline.preprocess IMAGE [IMAGE ...]")
+    for path in argv[1:]:
+        try:
+            x = preprocess(path, spec)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise PipelineInputError(f"cannot preprocess {path}: {error}") from None
+        digest = hashlib.sha256(x.tobytes()).hexdigest()[:16]
+        print(f"{path}: {x.shape} {x.dtype} min {x.min():.4f} max {x.max():.4f} sha256 {digest}")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import define, run
+
+    define("integer", "resolution", 224, "Model input resolution.")
+    define("float", "crop-fraction", 1.0, "Center-crop fraction of the shorter side.")
+    run(main)

@@ -1,0 +1,250 @@
+"""Stage 7: the artifacts an app and a person read, written atomically.
+
+    OUT/model.tflite       the deployable model
+    OUT/labels.txt         one label a line, in output order
+    OUT/model_config.json  how an app must feed the model and read its output
+    OUT/report.json        parity, size, latency, timings, versions, hashes
+    OUT/report.md          the same for a person
+
+Every file is first written in full into a staging folder beside OUT, then moved into place with
+os.replace (atomic on one filesystem). A run that fails or is interrupted before that point leaves
+the previous artifacts untouched and removes its staging folder.
+"""
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import PipelineInputError
+
+CONFIG_FORMAT_VERSION = 1
+
+
+def _nearest_existing(path):
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_writable(out_dir):
+    """Fails early (before any work) when OUT cannot be written; creates nothing."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PipelineInputError(f"--output {out_dir} is a file, not a folder: pass a folder path")
+    existing = _nearest_existing(out_dir)
+    if not existing.is_dir():
+        raise PipelineInputError(
+            f"--output {out_dir} cannot be created: {existing} is a file; pass a folder path"
+        )
+    # os.access answers for root too on read-only mounts (EROFS) but not for special filesystems;
+    # a probe folder, removed at once, is the only honest check.
+    try:
+        probe = tempfile.mkdtemp(prefix=".write-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as error:
+        raise PipelineInputError(
+            f"--output {out_dir} is not writable ({existing}: {error.strerror}): pass a folder you "
+            "can write to"
+        ) from None
+
+
+def write_files_atomically(out_dir, files):
+    """Writes {name: bytes|str} into `out_dir`; all files staged first, then each os.replace'd.
+
+    With name "" the single file is `out_dir` itself (a file path).
+    """
+    out_dir = Path(out_dir)
+    single = list(files) == [""]
+    target_dir = out_dir.parent if single else out_dir
+    target_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=target_dir))
+    try:
+        for name, content in files.items():
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            with open(staging / (name or out_dir.name), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for name in files:
+            os.replace(staging / (name or out_dir.name), out_dir if single else out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_config(built, converted, spec):
+    """model_config.json: everything an app needs to feed the model and read its answer."""
+    input_spec = converted.input.to_config()
+    if converted.input.scale is not None:
+        input_spec["from_preprocessed"] = (
+            "q = clamp(round_half_to_even(x / scale) + zero_point, dtype min, dtype max), with x "
+            "from preprocessing.normalize"
+        )
+        # Raw camera bytes are within half a step of this (x = pixel/127.5 − 1 sits at
+        # pixel − 0.5 on this grid), so apps may feed them directly at a measured cost.
+        input_spec["raw_pixel_bytes"] = (
+            "uint8 input with scale ≈ 2/255 and zero_point 127: feeding RGB bytes unchanged is "
+            "off by at most one step from the calibrated mapping"
+            if converted.input.dtype == "uint8" else "not applicable"
+        )
+    output_spec = converted.output.to_config()
+    output_spec.update(
+        meaning=built.output_kind,
+        classes=built.num_classes,
+        postprocessing=(
+            ("dequantize: y = (q - zero_point) * scale; then " if converted.output.scale else "")
+            + ("softmax over the classes gives probabilities; top-k by score"
+               if built.output_kind == "logits" else "top-k by score")
+        ),
+    )
+    return {
+        "format_version": CONFIG_FORMAT_VERSION,
+        "model_file": "model.tflite",
+        "labels_file": "labels.txt",
+        "model": {"name": built.name, **built.architecture, "quantize": converted.config.quantize},
+        "input": input_spec,
+        "preprocessing": spec.to_config(),
+        "output": output_spec,
+    }
+
+
+def versions(runtime_name=None, runtime_version=None):
+    import importlib.metadata as metadata
+
+    def version_of(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": version_of("tensorflow"),
+        "keras": version_of("keras"),
+        "numpy": version_of("numpy"),
+        "pillow": version_of("pillow"),
+        "ai_edge_litert": version_of("ai-edge-litert"),
+        "runtime": {"name": runtime_name, "version": runtime_version},
+        "platform": platform.platform(),
+    }
+
+
+def _pct(value):
+    return "—" if value is None else f"{value:.2%}"
+
+
+def render_markdown(report):
+    parity = report["parity"]
+    lines = [
+        f"# {report['model']['name']} — {report['model']['quantize']} export",
+        "",
+        f"`{report['command']}`",
+        "",
+        "## Parity with the float model",
+        "",
+        f"Measured on {parity['images']} images: {parity['source']}.",
+        "",
+        "| | float | tflite |",
+        "|---|---|---|",
+        f"| top-1 | {_pct(parity['float']['top1'])} | {_pct(parity['tflite']['top1'])} |",
+        f"| top-5 | {_pct(parity['float']['top5'])} | {_pct(parity['tflite']['top5'])} |",
+        "",
+        f"- top-1 agreement: **{_pct(parity['agreement_top1'])}** (share of images where both "
+        "models pick the same class)",
+        f"- mean KL(float ‖ tflite): {parity['kl_mean']:.5f}",
+        "- output SNR: "
+        + ("identical outputs" if parity["snr_db"] is None else f"{parity['snr_db']:.1f} dB"),
+        f"- most frequent top-1 class covers {_pct(parity['dominant_share']['tflite'])} of images "
+        f"(float: {_pct(parity['dominant_share']['float'])}); far above the float share means "
+        "collapsed calibration",
+        f"- float reference: float32 .tflite; max |Δp| vs Keras "
+        f"{parity['keras_check']['max_abs_prob_diff']:.1e} on {parity['keras_check']['images']} images",
+        "",
+    ]
+    for check in parity["checks"]:
+        lines.append(("✓ " if check["ok"] else "✗ ") + check["check"] + "  ")
+    if parity["per_class"]:
+        lines += ["", "### Per class", "", "| class | images | float top-1 | tflite top-1 | agreement |",
+                  "|---|---|---|---|---|"]
+        for row in parity["per_class"]:
+            lines.append(f"| {row['class']} | {row['images']} | {_pct(row['float_top1'])} | "
+                         f"{_pct(row['tflite_top1'])} | {_pct(row['agreement_top1'])} |")
+    lat = report["latency_ms"]
+    lines += [
+        "",
+        "## Size and speed",
+        "",
+        f"- model.tflite: {report['size_bytes']:,} bytes (float32 .tflite: "
+        f"{report['float_size_bytes']:,} bytes)",
+        f"- runtime: {report['benchmark']['runtime']} {report['benchmark']['runtime_version']}, "
+        f"XNNPACK {'applied' if report['benchmark']['xnnpack_applied'] else 'NOT applied'}",
+        "",
+        "| threads | median ms | p90 ms |",
+        "|---|---|---|",
+    ]
+    for threads, row in lat.items():
+        lines.append(f"| {threads} | {row['median']:.2f} | {row['p90']:.2f} |")
+    lines += ["", "## Model", ""]
+    ops = report["conversion"]["weighted_ops"]
+    lines += [f"- {name}: {count}" for name, count in ops.items()]
+    cal = report["calibration"]
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        f"- {cal['used']} images from {cal['directory']} ({cal['classes']} classes, "
+        f"{cal['images_found']} found, {len(cal['skipped'])} skipped as undecodable)",
+        "",
+        "## Time by stage (s)",
+        "",
+    ]
+    lines += [f"- {stage}: {seconds:.1f}" for stage, seconds in report["timings_s"].items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
+                 timings, command):
+    """Assembles and atomically writes all artifacts. Returns the report dict."""
+    import hashlib
+
+    report = {
+        "command": command,
+        "model": {"name": built.name, **built.architecture, "quantize": converted.config.quantize,
+                  "io": converted.config.io_type(), "output": built.output_kind},
+        "float": parity.float_metrics,
+        "tflite": parity.tflite_metrics,
+        "agreement_top1": parity.agreement_top1,
+        "kl_mean": parity.kl_mean,
+        "snr_db": parity.snr_db,
+        "size_bytes": converted.size_bytes,
+        "float_size_bytes": len(float_tflite),
+        "latency_ms": bench.latency_ms(),
+        "benchmark": {"runtime": bench.runtime, "runtime_version": bench.runtime_version,
+                      "xnnpack_applied": bench.xnnpack_applied, "runs": bench.latencies},
+        "parity": parity.to_json(),
+        "conversion": converted.summary(),
+        "calibration": calibration.summary(),
+        "preprocessing": spec.to_config(),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "versions": versions(bench.runtime, bench.runtime_version),
+        "sha256": {
+            "weights": built.weights_sha256,
+            "model": hashlib.sha256(converted.tflite).hexdigest(),
+            "float_model": hashlib.sha256(float_tflite).hexdigest(),
+            "calibration_images": calibration.sha256,
+        },
+        "weights": built.weights_source,
+    }
+    files = {
+        "model.tflite": converted.tflite,
+        "labels.txt": "\n".join(built.labels) + "\n",
+        "model_config.json": json.dumps(model_config(built, converted, spec), indent=2) + "\n",
+        "report.json": json.dumps(report, indent=2) + "\n",
+        "report.md": render_markdown(report),
+    }
+    write_files_atomically(out_dir, files)
+    return report

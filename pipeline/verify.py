@@ -1,0 +1,368 @@
+"""Stage 5: parity — how far the exported `.tflite` is from the float model, on real images.
+
+Both models see exactly the same tensors (`preprocess`, then each model's own input quantization).
+The float reference is the float32 `.tflite` (XNNPACK, ~4x faster than Keras here); that it matches
+Keras is proven in the same run on a sample (`keras_check.max_abs_prob_diff`).
+
+Metrics, on logits turned into probabilities by softmax:
+  top-1 / top-5        for each model, when the images have labels
+  agreement_top1       share of images where both models pick the same class: the metric that
+                       ranks int8 variants (top-1 moves by ±0.5 pt from sampling alone on 4k images)
+  kl_mean              mean KL(float ‖ tflite) of the probabilities
+  snr_db               10·log10(Σ float² / Σ (float − tflite)²) over all logits
+  per_class            the above, per true class
+  dominant_share       share of images given the most frequent top-1 class; a model calibrated on
+                       differently preprocessed images answers one class for everything
+
+    python -m pipeline.verify --model-tflite OUT/model.tflite --eval DIR  (see --help)
+"""
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import calibrate
+from pipeline.errors import PipelineInputError
+from pipeline.preprocess import load_images
+
+KERAS_CHECK_IMAGES = 32
+KERAS_CHECK_TOLERANCE = 1e-3  # max |p_keras − p_tflite|; float32 reorderings give ~1e-6
+
+
+@dataclasses.dataclass
+class EvalSet:
+    paths: list
+    labels: list  # output index per image, or None when unlabelled
+    source: str  # what the images are, for the report
+    class_names: list  # true class name per image, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    min_agreement: float = None  # e.g. 0.955
+    max_top1_drop: float = None  # in points of top-1 accuracy, e.g. 0.5
+
+
+@dataclasses.dataclass
+class ParityResult:
+    images: int
+    source: str
+    float_metrics: dict  # {"top1", "top5"} (None without labels)
+    tflite_metrics: dict
+    agreement_top1: float
+    kl_mean: float
+    snr_db: float
+    dominant_share: dict  # {"float": share, "tflite": share}
+    per_class: list
+    keras_check: dict
+    skipped: list
+    checks: list  # [(ok, text)]
+
+    @property
+    def passed(self):
+        return all(ok for ok, _ in self.checks)
+
+    def to_json(self):
+        return {
+            "images": self.images,
+            "source": self.source,
+            "float": self.float_metrics,
+            "tflite": self.tflite_metrics,
+            "agreement_top1": self.agreement_top1,
+            "kl_mean": self.kl_mean,
+            "snr_db": self.snr_db,
+            "dominant_share": self.dominant_share,
+            "keras_check": self.keras_check,
+            "per_class": self.per_class,
+            "skipped": [{"file": p, "reason": r} for p, r in self.skipped],
+            "checks": [{"ok": ok, "check": text} for ok, text in self.checks],
+            "passed": self.passed,
+        }
+
+
+def _normalize(name):
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def label_index(class_names, built):
+    """Maps class-folder names to output indices: ImageNet synsets, else the model's label names.
+
+    Returns (mapping, unknown names)."""
+    if built.synsets is not None and all(n in built.synsets for n in class_names):
+        position = {s: i for i, s in enumerate(built.synsets)}
+        return {n: position[n] for n in class_names}, []
+    by_label = {}
+    for i, label in enumerate(built.labels):
+        by_label.setdefault(_normalize(label), i)
+    mapping = {n: by_label.get(_normalize(n)) for n in class_names}
+    return mapping, sorted(n for n, i in mapping.items() if i is None)
+
+
+def eval_set_from_folder(directory, built, samples=None, seed=0):
+    folder = calibrate.scan_images(directory)
+    if not folder.files:
+        raise PipelineInputError(
+            f"no images (jpg, jpeg, png, bmp, webp) in evaluation folder {directory}: "
+            "pass a folder with one sub-folder of images per class"
+        )
+    paths = folder.files
+    if samples:
+        paths, _ = calibrate.sample_files(folder, samples, seed)
+        paths.sort()
+    classes = dict(zip(folder.files, folder.classes))
+    if not folder.labelled:
+        return EvalSet(paths, None, f"{directory} (unlabelled)", None)
+    mapping, unknown = label_index(folder.class_names, built)
+    if unknown:
+        raise PipelineInputError(
+            f"evaluation folder {directory} has classes that are not model labels "
+            f"({', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}): name the sub-folders "
+            "after labels.txt entries or ImageNet synsets (n01440764), or pass --labels"
+        )
+    names = [classes[p] for p in paths]
+    return EvalSet(paths, [mapping[n] for n in names], str(directory), names)
+
+
+def eval_set_from_held_out(calibration, built):
+    """The calibration folder's images that calibration did not use (labels where they map)."""
+    paths = sorted(calibration.held_out)
+    source = f"{calibration.folder.root} (held-out: not used for calibration)"
+    if not paths:
+        # Everything was used to calibrate: measure in-sample rather than not at all, and say so.
+        paths = sorted(calibration.used)
+        source = f"{calibration.folder.root} (IN-SAMPLE: every image was used for calibration)"
+    if calibration.folder.labelled:
+        mapping, unknown = label_index(calibration.folder.class_names, built)
+        if not unknown:
+            classes = dict(zip(calibration.folder.files, calibration.folder.classes))
+            names = [classes[p] for p in paths]
+            return EvalSet(paths, [mapping[n] for n in names], source, names)
+    return EvalSet(paths, None, source, None)
+
+
+def log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def topk_accuracy(logits, labels, k):
+    top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=-1)))
+
+
+def compare_outputs(reference, candidate, labels=None):
+    """Parity metrics between two (n, classes) logit arrays."""
+    reference = np.asarray(reference, np.float64)
+    candidate = np.asarray(candidate, np.float64)
+    log_p, log_q = log_softmax(reference), log_softmax(candidate)
+    kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+    noise = float(np.sum((reference - candidate) ** 2))
+    signal = float(np.sum(reference**2))
+    ref_top1, cand_top1 = reference.argmax(-1), candidate.argmax(-1)
+    metrics = {
+        "agreement_top1": float(np.mean(ref_top1 == cand_top1)),
+        "kl_mean": float(np.mean(kl)),
+        "snr_db": None if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else None,
+        "dominant_share": {
+            "float": float(np.bincount(ref_top1).max() / len(ref_top1)),
+            "tflite": float(np.bincount(cand_top1).max() / len(cand_top1)),
+        },
+    }
+    if labels is not None:
+        metrics["float"] = {"top1": topk_accuracy(reference, labels, 1),
+                            "top5": topk_accuracy(reference, labels, 5)}
+        metrics["tflite"] = {"top1": topk_accuracy(candidate, labels, 1),
+                             "top5": topk_accuracy(candidate, labels, 5)}
+    else:
+        metrics["float"] = {"top1": None, "top5": None}
+        metrics["tflite"] = {"top1": None, "top5": None}
+    return metrics
+
+
+def per_class_metrics(reference, candidate, eval_set, built):
+    if eval_set.labels is None:
+        return []
+    labels = np.asarray(eval_set.labels)
+    rows = []
+    for index in sorted(set(eval_set.labels)):
+        mask = labels == index
+        ref, cand = reference[mask].argmax(-1), candidate[mask].argmax(-1)
+        rows.append({
+            "class": built.labels[index],
+            "index": int(index),
+            "images": int(mask.sum()),
+            "float_top1": float(np.mean(ref == index)),
+            "tflite_top1": float(np.mean(cand == index)),
+            "agreement_top1": float(np.mean(ref == cand)),
+        })
+    return rows
+
+
+def keras_check(built, float_runner, images):
+    """Max |softmax(Keras) − softmax(float .tflite)| on a sample: the fast reference is faithful."""
+    sample = images[:KERAS_CHECK_IMAGES]
+    keras_logits = built.keras_model.predict(sample, batch_size=len(sample), verbose=0)
+    tflite_logits = float_runner(sample)
+    diff = np.abs(np.exp(log_softmax(keras_logits)) - np.exp(log_softmax(tflite_logits))).max()
+    return {"images": int(len(sample)), "max_abs_prob_diff": float(diff),
+            "tolerance": KERAS_CHECK_TOLERANCE}
+
+
+def threshold_checks(metrics, keras, thresholds):
+    checks = []
+    ok = keras["max_abs_prob_diff"] <= keras["tolerance"]
+    checks.append((ok, f"float .tflite matches Keras: max |Δp| {keras['max_abs_prob_diff']:.2e} "
+                       f"on {keras['images']} images (≤ {keras['tolerance']:.0e})"))
+    if thresholds.min_agreement is not None:
+        value = metrics["agreement_top1"]
+        checks.append((value >= thresholds.min_agreement,
+                       f"top-1 agreement {value:.2%} (≥ {thresholds.min_agreement:.2%})"))
+    if thresholds.max_top1_drop is not None:
+        f1, t1 = metrics["float"]["top1"], metrics["tflite"]["top1"]
+        if f1 is None:
+            checks.append((False, "top-1 drop: the evaluation images have no labels "
+                                  "(pass --eval with class sub-folders)"))
+        else:
+            drop = (f1 - t1) * 100
+            checks.append((drop <= thresholds.max_top1_drop,
+                           f"top-1 drop {drop:+.2f} pt (≤ {thresholds.max_top1_drop:.2f} pt)"))
+    return checks
+
+
+def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(), threads=None,
+           progress=None, chunk=256):
+    """Runs both models over `eval_set` and measures parity. Returns a ParityResult."""
+    from pipeline.device_runner import Runner, load_runtime
+
+    threads = threads or os.cpu_count() or 1
+    _, _, module = load_runtime()
+    float_runner = Runner(module, model_content=float_tflite, threads=threads)
+    test_runner = Runner(module, model_content=tflite, threads=threads)
+    reference, candidate, labels, kept, skipped = [], [], [], [], []
+    keras = None
+    label_of = dict(zip(eval_set.paths, eval_set.labels)) if eval_set.labels is not None else None
+    bar = progress(None, total=len(eval_set.paths)) if progress else None
+    for start in range(0, len(eval_set.paths), chunk):
+        batch = eval_set.paths[start : start + chunk]
+        try:
+            loaded = load_images(batch, spec)
+        except OSError as error:
+            raise PipelineInputError(
+                f"cannot read {error.filename}: {error.strerror}; fix its permissions or remove it"
+            ) from None
+        skipped += loaded.skipped
+        if len(loaded.paths) == 0:
+            continue
+        if keras is None:
+            keras = keras_check(built, float_runner, loaded.arrays)
+        reference.append(float_runner(loaded.arrays))
+        candidate.append(test_runner(loaded.arrays))
+        kept += loaded.paths
+        if label_of is not None:
+            labels += [label_of[p] for p in loaded.paths]
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    if not kept:
+        raise PipelineInputError(f"none of the evaluation images could be decoded ({eval_set.source})")
+    reference, candidate = np.concatenate(reference), np.concatenate(candidate)
+    kept_set = EvalSet(kept, labels if label_of is not None else None, eval_set.source, None)
+    metrics = compare_outputs(reference, candidate, kept_set.labels)
+    return ParityResult(
+        images=len(kept),
+        source=eval_set.source,
+        float_metrics=metrics["float"],
+        tflite_metrics=metrics["tflite"],
+        agreement_top1=metrics["agreement_top1"],
+        kl_mean=metrics["kl_mean"],
+        snr_db=metrics["snr_db"],
+        dominant_share=metrics["dominant_share"],
+        per_class=per_class_metrics(reference, candidate, kept_set, built),
+        keras_check=keras,
+        skipped=skipped,
+        checks=threshold_checks(metrics, keras, thresholds),
+    )
+
+
+def format_checks(result):
+    """The ✓/✗ lines a user reads at the end of a run."""
+    return "\n".join(("✓ " if ok else "✗ ") + text for ok, text in result.checks)
+
+
+def define_flags():
+    from pipeline.cli import define
+
+    define("string", "eval", None,
+           "Labelled evaluation folder (one sub-folder per class: label names or ImageNet synsets). "
+           "Without it, parity is measured label-free on held-out calibration images.")
+    define("integer", "eval-samples", None,
+           "Evaluate on this many images (stratified by class, drawn by --seed) instead of all.")
+    define("float", "min-agreement", None,
+           "Fail (exit 1, after writing the report) when top-1 agreement is below this (0–1).")
+    define("float", "max-top1-drop", None,
+           "Fail (exit 1, after writing the report) when top-1 drops by more than this many points.")
+    define("integer", "threads", None, "Interpreter threads for evaluation (default: all cores).")
+
+
+def config_from_flags(flag_values):
+    agreement = flag_values["min-agreement"].value
+    if agreement is not None and not 0 <= agreement <= 1:
+        raise PipelineInputError(f"--min-agreement {agreement} must be a fraction in 0–1, e.g. 0.955")
+    samples = flag_values["eval-samples"].value
+    if samples is not None and samples < 1:
+        raise PipelineInputError(f"--eval-samples must be at least 1 (got {samples})")
+    directory = flag_values["eval"].value
+    if directory is not None and not Path(directory).is_dir():
+        raise PipelineInputError(f"--eval {directory} is not a folder: pass a folder of class "
+                                 "sub-folders of images")
+    return Thresholds(min_agreement=agreement, max_top1_drop=flag_values["max-top1-drop"].value)
+
+
+def main(argv):
+    """Parity of a given .tflite against the float model the build flags describe."""
+    import json
+    import sys
+
+    from absl import flags
+
+    from pipeline import build, convert
+    from pipeline.preprocess import Preprocessing
+
+    flag_values = flags.FLAGS
+    path = flag_values["tflite"].value
+    if not path or not Path(path).is_file():
+        raise PipelineInputError(f"--tflite {path}: no such model file; pass the exported .tflite")
+    directory = flag_values["eval"].value
+    if not directory:
+        raise PipelineInputError("--eval DIR is required: a folder of images to compare the models on")
+    thresholds = config_from_flags(flag_values)
+    built = build.build_model(build.config_from_flags(flag_values))
+    float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none"))
+    eval_set = eval_set_from_folder(directory, built, flag_values["eval-samples"].value,
+                                    flag_values["seed"].value)
+    result = verify(built, float_model.tflite, Path(path).read_bytes(), eval_set,
+                    Preprocessing(resolution=built.resolution), thresholds,
+                    threads=flag_values["threads"].value)
+    json.dump(result.to_json(), sys.stdout, indent=2)
+    print()
+    print(format_checks(result), file=sys.stderr)
+    if not result.passed:
+        from pipeline.errors import ParityError
+
+        raise ParityError("parity check failed (see ✗ above)")
+
+
+if __name__ == "__main__":
+    from pipeline import build
+    from pipeline.cli import define, run
+
+    build.define_flags()
+    define_flags()
+    define("string", "tflite", None, "The .tflite model to compare with the float model.")
+    run(main)
