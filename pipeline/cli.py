@@ -30,6 +30,19 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _import_tensorflow_quietly():
+    # TensorFlow's native start-up (CUDA probing, absl C++ logging) writes to fd 2 regardless of
+    # TF_CPP_MIN_LOG_LEVEL; importing it once here, with fd 2 silenced, keeps bad-input runs to one
+    # line. Stages import it lazily after this, from the module cache.
+    from pipeline.device_runner import quiet_native_stderr
+
+    try:
+        with quiet_native_stderr():
+            import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # the device runner and benchmark work with ai-edge-litert alone
+
+
 def run(main):
     """absl's app.run, with typed pipeline errors turned into one line and an exit code."""
 
@@ -38,6 +51,7 @@ def run(main):
         logging.set_verbosity(logging.WARNING)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"tensorflow|keras")
         try:
+            _import_tensorflow_quietly()
             return main(argv)
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)

@@ -59,7 +59,7 @@ class Preprocessing:
             "resize": {
                 "size": [self.resolution, self.resolution],
                 "filter": self.resample,
-                "library": "Pillow Image.resize(size, BILINEAR, box=crop) (antialiased when shrinking)",
+                "library": "Pillow Image.crop(box).resize(size, BILINEAR) (antialiased when shrinking)",
             },
             "normalize": {
                 "formula": "x = pixel * scale + offset",
@@ -101,10 +101,10 @@ def pixels(image, spec):
         image = load_rgb(image)
     else:
         image = _to_rgb(ImageOps.exif_transpose(image))
-    box = spec.crop_box(*image.size)
-    resized = image.resize(
-        (spec.resolution, spec.resolution), resample=Image.Resampling.BILINEAR, box=box
-    )
+    # Crop, then resize the cropped image alone: resize(box=...) would let the filter read pixels
+    # beyond the box into the edge rows, which an app that crops then resizes cannot reproduce.
+    cropped = image.crop(spec.crop_box(*image.size))
+    resized = cropped.resize((spec.resolution, spec.resolution), resample=Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
 
 

@@ -1,0 +1,119 @@
+"""Shared fixtures. Built models are session-scoped: TensorFlow imports and conversions are the
+suite's cost, so each model is built once and shared. ../shared (weights, Imagenette) is read in
+place; tests that need it skip with a reason when it is absent."""
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PIPELINE_SHARED_DIR", REPO.parent / "shared"))
+WEIGHTS_DIR = SHARED / "weights" / "keras_home" / "models"
+IMAGENETTE = SHARED / "data" / "imagenette-224"
+
+
+def needs_shared(*parts):
+    path = SHARED.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (../shared is absent)")
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not SHARED.is_dir():
+        pytest.skip(f"needs ../shared ({SHARED} is absent)")
+    return SHARED
+
+
+def _make_keras_home():
+    # Keras reads KERAS_HOME once, when it is imported, so the whole test session (and every CLI it
+    # starts) shares one writable KERAS_HOME whose models/ links the shared ImageNet weights.
+    home = Path(tempfile.mkdtemp(prefix="keras_home_"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    (home / "models").mkdir()
+    if WEIGHTS_DIR.is_dir():
+        for weights in WEIGHTS_DIR.iterdir():
+            (home / "models" / weights.name).symlink_to(weights)
+    os.environ["KERAS_HOME"] = str(home)
+    return home
+
+
+KERAS_HOME = _make_keras_home()
+
+
+@pytest.fixture(scope="session")
+def keras_home():
+    """KERAS_HOME holding the shared ImageNet weights (skips without them)."""
+    if not WEIGHTS_DIR.is_dir():
+        pytest.skip(f"needs the shared ImageNet weights in {WEIGHTS_DIR}")
+    return KERAS_HOME
+
+
+def make_images(root, classes=("cats", "dogs"), per_class=12, size=(120, 90), seed=0):
+    """Writes smooth random JPEGs (class-tinted, so classes differ) into root/<class>/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            small = rng.integers(0, 255, (6, 8, 3)).astype(np.float32)
+            small[..., c % 3] = 0.5 * small[..., c % 3] + 120
+            image = Image.fromarray(small.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+            image.save(root / name / f"{name}_{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def small_built():
+    """MobileNetV2 0.35 at 96 px, seeded random weights, 1000 classes (ImageNet labels)."""
+    from pipeline import build
+
+    return build.build_model(build.BuildConfig(alpha=0.35, resolution=96, weights="random", seed=0))
+
+
+@pytest.fixture(scope="session")
+def small_calibration(small_built, image_folder):
+    from pipeline import calibrate
+    from pipeline.preprocess import Preprocessing
+
+    cfg = calibrate.CalibrationConfig(directory=str(image_folder), samples=16, seed=0)
+    return calibrate.representative_dataset(cfg, Preprocessing(resolution=96))
+
+
+@pytest.fixture(scope="session")
+def small_int8(small_built, small_calibration):
+    from pipeline import convert
+
+    return convert.convert(small_built, small_calibration.arrays, convert.ConvertConfig("int8"))
+
+
+@pytest.fixture(scope="session")
+def small_float(small_built):
+    from pipeline import convert
+
+    return convert.convert(small_built, None, convert.ConvertConfig("none"))
+
+
+def run_cli(module, *args, env=None, cwd=None, timeout=600):
+    """Runs `python -m pipeline.<module> args` for real; returns the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{module}", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
+    )

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from pipeline import convert
+from pipeline.errors import PipelineInputError
+
+
+def _activation_dtypes(converted):
+    return {key.split("[")[1].rstrip("]") for key in converted.ops}
+
+
+def test_int8_is_full_integer_with_per_channel_weights(small_int8, small_float):
+    assert small_int8.input.dtype == "uint8" and small_int8.output.dtype == "uint8"
+    # MobileNetV2's [-1, 1] input on a uint8 grid: scale ≈ 2/255, zero point ≈ 127 (the exact
+    # values follow the calibration images' range; Google's release has 2/255 and 127).
+    assert small_int8.input.scale == pytest.approx(2 / 255, rel=0.01)
+    assert 126 <= small_int8.input.zero_point <= 128
+    weighted = small_int8.weighted_ops
+    counts = {op: sum(w["op"] == op for w in weighted) for op in convert.WEIGHTED_OPS}
+    # 35 convolutions (stem, 16 expansions, 17 projections, head), 17 depthwise, 1 classifier.
+    assert counts == {"CONV_2D": 35, "DEPTHWISE_CONV_2D": 17, "FULLY_CONNECTED": 1}
+    assert all(w["weight_dtype"] == "int8" and w["activation_dtype"] == "int8" and w["per_channel"]
+               for w in weighted)
+    # Nothing runs in float: only the boundary QUANTIZE ops see uint8.
+    assert _activation_dtypes(small_int8) == {"int8", "uint8"}
+    assert small_int8.size_bytes < small_float.size_bytes / 3
+
+
+def test_int8_conversion_is_byte_identical_on_rerun(small_built, small_calibration, small_int8):
+    again = convert.convert(small_built, small_calibration.arrays, convert.ConvertConfig("int8"))
+    assert again.tflite == small_int8.tflite
+
+
+def test_calibration_data_changes_the_model(small_built, small_calibration, small_int8):
+    other = convert.convert(small_built, small_calibration.arrays[::-1][:4] * 0.5,
+                            convert.ConvertConfig("int8"))
+    assert other.tflite != small_int8.tflite
+
+
+@pytest.mark.parametrize("io_type, dtype", [("int8", "int8"), ("float32", "float32")])
+def test_int8_io_types(small_built, small_calibration, io_type, dtype):
+    converted = convert.convert(small_built, small_calibration.arrays[:4],
+                                convert.ConvertConfig("int8", io=io_type))
+    assert converted.input.dtype == dtype and converted.output.dtype == dtype
+    assert all(w["weight_dtype"] == "int8" for w in converted.weighted_ops)
+
+
+def test_float_modes(small_built, small_float):
+    assert small_float.input.dtype == "float32" and small_float.input.scale is None
+    assert all(w["weight_dtype"] == "float32" for w in small_float.weighted_ops)
+    fp16 = convert.convert(small_built, None, convert.ConvertConfig("float16"))
+    dynamic = convert.convert(small_built, None, convert.ConvertConfig("dynamic"))
+    # float16 halves the weights; dynamic-range stores int8 weights but computes in float.
+    assert 0.45 < fp16.size_bytes / small_float.size_bytes < 0.6
+    assert 0.2 < dynamic.size_bytes / small_float.size_bytes < 0.35
+    assert dynamic.input.dtype == "float32"
+    assert any(w["weight_dtype"] == "int8" for w in dynamic.weighted_ops)
+
+
+def test_int16x8_has_int16_activations(small_built, small_calibration):
+    converted = convert.convert(small_built, small_calibration.arrays[:4],
+                                convert.ConvertConfig("int16x8"))
+    assert converted.input.dtype == "float32"
+    assert all(w["activation_dtype"] == "int16" and w["weight_dtype"] == "int8"
+               for w in converted.weighted_ops)
+
+
+def test_per_tensor_weights_have_one_scale(small_built, small_calibration):
+    converted = convert.convert(small_built, small_calibration.arrays[:4],
+                                convert.ConvertConfig("int8", per_channel=False))
+    assert not any(w["per_channel"] for w in converted.weighted_ops)
+
+
+@pytest.mark.parametrize("cfg, words", [
+    (convert.ConvertConfig("int4"), "--quantize int4 is unknown"),
+    (convert.ConvertConfig("none", io="uint8"), "--io uint8 does not go with --quantize none"),
+    (convert.ConvertConfig("int8", io="int16"), "--io int16 does not go with --quantize int8"),
+])
+def test_bad_conversion_settings_are_refused(cfg, words):
+    with pytest.raises(PipelineInputError, match=words):
+        convert.check_config(cfg)
+
+
+def test_int8_without_calibration_images_is_refused(small_built):
+    with pytest.raises(PipelineInputError, match="needs calibration images"):
+        convert.convert(small_built, np.zeros((0, 96, 96, 3), np.float32), convert.ConvertConfig("int8"))

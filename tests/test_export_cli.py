@@ -1,0 +1,221 @@
+"""The export command as a user runs it: real subprocesses, real files."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, make_images, run_cli
+
+SMALL = ["--alpha", "0.35", "--resolution", "96", "--weights", "random", "--seed", "0"]
+ARTIFACTS = {"model.tflite", "labels.txt", "model_config.json", "report.json", "report.md"}
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory):
+    from pipeline import calibrate
+
+    root = make_images(tmp_path_factory.mktemp("cal"), per_class=15)
+    # Truncate one image that the seed-0 draw of 20 takes, so the export must skip and replace it.
+    drawn, _ = calibrate.sample_files(calibrate.scan_images(root), 20, seed=0)
+    data = drawn[0].read_bytes()
+    drawn[0].write_bytes(data[: len(data) // 2])
+    (root / "dogs" / "notes.txt").write_text("ignored: not an image")
+    return root, drawn[0]
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory, calibration_folder):
+    out = tmp_path_factory.mktemp("export") / "out"
+    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
+                     "--calibration-samples", "20", "--output", out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_export_writes_every_artifact(small_export):
+    out, result = small_export
+    assert {p.name for p in out.iterdir()} == ARTIFACTS
+    assert "Traceback" not in result.stderr
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[0] == "tench"
+
+
+def test_model_config_tells_an_app_how_to_feed_the_model(small_export):
+    out, _ = small_export
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["model_file"] == "model.tflite" and config["labels_file"] == "labels.txt"
+    assert config["input"]["shape"] == [1, 96, 96, 3] and config["input"]["dtype"] == "uint8"
+    q = config["input"]["quantization"]
+    assert 0.0077 < q["scale"] < 0.0080 and 126 <= q["zero_point"] <= 128
+    pre = config["preprocessing"]
+    assert pre["resize"]["size"] == [96, 96] and pre["crop"]["crop_fraction"] == 1.0
+    assert pre["normalize"]["scale"] == pytest.approx(1 / 127.5) and pre["normalize"]["offset"] == -1.0
+    assert config["output"]["meaning"] == "logits" and config["output"]["classes"] == 1000
+    assert "softmax" in config["output"]["postprocessing"]
+
+
+def test_report_holds_the_promised_fields(small_export, calibration_folder):
+    out, _ = small_export
+    report = json.loads((out / "report.json").read_text())
+    for key in ("agreement_top1", "kl_mean", "size_bytes", "latency_ms", "timings_s", "versions",
+                "sha256"):
+        assert key in report
+    assert set(report["float"]) == {"top1", "top5"} and set(report["tflite"]) == {"top1", "top5"}
+    assert report["size_bytes"] == (out / "model.tflite").stat().st_size
+    assert report["sha256"]["model"] == hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
+    assert set(report["latency_ms"]) == {"1", str(os.cpu_count())} or set(report["latency_ms"]) == {"1"}
+    assert all(v["median"] > 0 and v["p90"] >= v["median"] for v in report["latency_ms"].values())
+    assert report["benchmark"]["runtime"] == "ai-edge-litert"
+    assert report["benchmark"]["xnnpack_applied"] is True
+    assert {"python", "tensorflow", "keras", "runtime"} <= set(report["versions"])
+    assert set(report["timings_s"]) >= {"build", "calibrate", "convert", "verify", "benchmark"}
+    # The truncated JPEG was skipped, counted, and replaced so 20 images were still used.
+    calibration = report["calibration"]
+    folder, truncated = calibration_folder
+    assert calibration["used"] == 20 and calibration["images_found"] == 30
+    assert [s["file"] for s in calibration["skipped"]] == [str(truncated)]
+    # Without --eval, parity runs on the held-out images (29 good - 20 used = 9).
+    assert report["parity"]["images"] == 9 and "held-out" in report["parity"]["source"]
+    assert "# mobilenet_v2_0.35_96" in (out / "report.md").read_text()
+
+
+def test_same_inputs_and_seed_give_identical_model_and_numbers(small_export, calibration_folder,
+                                                               tmp_path):
+    out, _ = small_export
+    again = tmp_path / "again"
+    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
+                     "--calibration-samples", "20", "--output", again)
+    assert result.returncode == 0, result.stderr
+    assert (again / "model.tflite").read_bytes() == (out / "model.tflite").read_bytes()
+    first, second = (json.loads((d / "report.json").read_text()) for d in (out, again))
+    for key in ("float", "tflite", "agreement_top1", "kl_mean", "snr_db", "sha256", "calibration"):
+        assert first[key] == second[key], key
+    assert (again / "model_config.json").read_text() == (out / "model_config.json").read_text()
+
+
+def test_parity_threshold_failure_exits_1_after_writing_the_report(calibration_folder, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("export", *SMALL, "--quantize", "dynamic", "--calibration", calibration_folder[0],
+                     "--calibration-samples", "20", "--min-agreement", "1.0",
+                     "--max-top1-drop", "0.5", "--output", out)
+    # Held-out images carry no ImageNet labels, so the top-1 drop cannot be measured: a failure.
+    assert result.returncode == 1, result.stderr
+    assert "✗ top-1 drop" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["passed"] is False
+    assert report["conversion"]["quantize"] == "dynamic"
+
+
+def _assert_bad_input(result, *words, out=None):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    if out is not None:
+        assert not out.exists(), f"{out} was written"
+
+
+def _bad_cases(tmp_path, calibration_folder):
+    calibration_folder = calibration_folder[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_images = tmp_path / "no_images"
+    no_images.mkdir()
+    (no_images / "readme.txt").write_text("x")
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(calibration_folder, unreadable)
+    (unreadable / "cats" / "aaa_dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    not_hdf5 = tmp_path / "weights.weights.h5"
+    not_hdf5.write_text("not weights")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cal = ["--calibration", str(calibration_folder)]
+    return {
+        "missing calibration folder": (["--calibration", str(tmp_path / "nope")], ["does not exist"]),
+        "empty calibration folder": (["--calibration", str(empty)], ["no images", str(empty)]),
+        "folder with no images": (["--calibration", str(no_images)], ["no images", str(no_images)]),
+        "unreadable file": (["--calibration", str(unreadable)], ["cannot read", "aaa_dangling.jpg"]),
+        "weights not HDF5": (cal + ["--weights", str(not_hdf5)], ["not an HDF5 file", str(not_hdf5)]),
+        "unwritable output": (cal + ["--output", str(blocker / "out")], ["--output", "is a file"]),
+        "samples 0": (cal + ["--calibration-samples", "0"], ["--calibration-samples must be at least 1"]),
+        "unknown quantize": (cal + ["--quantize", "int3"], ["--quantize int3 is unknown"]),
+        "bad io": (cal + ["--quantize", "none", "--io", "uint8"], ["--io uint8 does not go with"]),
+        "missing eval folder": (cal + ["--eval", str(tmp_path / "noeval")], ["--eval", "is not a folder"]),
+        "eval classes unknown": (cal + ["--eval", str(calibration_folder)], ["not model labels"]),
+        "bad flag value": (cal + ["--calibration-samples", "many"], ["calibration-samples"]),
+    }
+
+
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(tmp_path, calibration_folder):
+    for name, (args, words) in _bad_cases(tmp_path, calibration_folder).items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        if "--output" not in args:
+            args = args + ["--output", str(out)]
+        flags = ["--alpha", "0.35", "--resolution", "96"] if "--weights" in args else SMALL
+        result = run_cli("export", *flags, *args)
+        _assert_bad_input(result, *words, out=out)
+
+
+def test_weights_for_another_alpha_exit_2(tmp_path, small_built, calibration_folder):
+    weights = tmp_path / "small.weights.h5"
+    small_built.keras_model.save_weights(weights)
+    out = tmp_path / "out"
+    result = run_cli("export", "--alpha", "0.5", "--resolution", "96", "--weights", weights,
+                     "--calibration", calibration_folder[0], "--output", out)
+    _assert_bad_input(result, "does not fit MobileNetV2 alpha=0.5", str(weights), out=out)
+
+
+def test_imagenet_offline_without_cache_exit_2(tmp_path, calibration_folder):
+    out = tmp_path / "out"
+    result = run_cli("export", "--weights", "imagenet", "--calibration", calibration_folder[0],
+                     "--output", out, env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
+    _assert_bad_input(result, "not cached and could not be downloaded", "KERAS_HOME", out=out)
+
+
+def test_bad_input_leaves_previous_artifacts_untouched(small_export, tmp_path):
+    out, _ = small_export
+    before = _digest(out)
+    result = run_cli("export", *SMALL, "--calibration", tmp_path / "missing", "--output", out)
+    assert result.returncode == 2
+    assert _digest(out) == before
+
+
+def test_interrupted_run_leaves_previous_artifacts_and_no_partial_files(small_export,
+                                                                        calibration_folder):
+    out, _ = small_export
+    before = _digest(out)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.export", *SMALL, "--quantize", "int16x8",
+         "--calibration", str(calibration_folder[0]), "--calibration-samples", "20",
+         "--output", str(out)],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    seen = ""
+    while time.time() < deadline:
+        line = process.stderr.readline()
+        seen += line
+        if "convert…" in line and "convert_float" not in line or not line:
+            break
+    time.sleep(1.0)  # inside the int8/int16 conversion
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, seen + rest
+    assert "interrupted" in rest
+    assert _digest(out) == before
+    leftovers = [p.name for p in out.parent.iterdir() if ".partial-" in p.name]
+    assert leftovers == []
