@@ -119,3 +119,22 @@ def test_thresholds_fail_when_parity_is_worse(imagenet96):
     assert any(text.startswith("top-1 agreement") for text in failed)
     assert any(text.startswith("top-1 drop") for text in failed)
     assert "✗ top-1 agreement" in verify.format_checks(result)
+
+
+def test_every_quantization_mode_has_the_parity_and_size_it_should(imagenet96):
+    built, spec, int8, float_model, eval_set = imagenet96
+    subset = verify.EvalSet(eval_set.paths[:100], eval_set.labels[:100], "subset", None)
+    calibration = calibrate.representative_dataset(
+        calibrate.CalibrationConfig(directory=str(IMAGENETTE / "calib"), samples=50), spec)
+    results = {}
+    for mode in ("none", "float16", "dynamic", "int16x8"):
+        converted = convert.convert(built, calibration.arrays, convert.ConvertConfig(mode))
+        parity = verify.verify(built, float_model.tflite, converted.tflite, subset, spec)
+        results[mode] = (converted.size_bytes / float_model.size_bytes, parity)
+    int8_parity = verify.verify(built, float_model.tflite, int8.tflite, subset, spec)
+    assert results["none"][1].agreement_top1 == 1.0 and results["none"][0] == 1.0
+    assert 0.45 < results["float16"][0] < 0.55 and results["float16"][1].kl_mean < int8_parity.kl_mean / 5
+    assert 0.25 < results["dynamic"][0] < 0.32 and results["dynamic"][1].agreement_top1 > 0.9
+    # int16 activations are far closer to float than int8 ones.
+    assert results["int16x8"][1].kl_mean < int8_parity.kl_mean / 5
+    assert results["int16x8"][1].agreement_top1 >= int8_parity.agreement_top1
