@@ -5,6 +5,7 @@
     OUT/model_config.json  how an app must feed the model and read its output
     OUT/report.json        parity, size, latency, timings, versions, hashes
     OUT/report.md          the same for a person
+    OUT/parity.png         per-class top-1 of both models and the per-image KL distribution
 
 Every file is first written in full into a staging folder beside OUT, then moved into place with
 os.replace (atomic on one filesystem). A run that fails or is interrupted before that point leaves
@@ -187,7 +188,7 @@ def render_markdown(report):
     ]
     for threads, row in lat.items():
         lines.append(f"| {threads} | {row['median']:.2f} | {row['p90']:.2f} |")
-    lines += ["", "## Model", ""]
+    lines += ["", "![parity](parity.png)", "", "## Model", ""]
     ops = report["conversion"]["weighted_ops"]
     lines += [f"- {name}: {count}" for name, count in ops.items()]
     cal = report["calibration"]
@@ -204,6 +205,54 @@ def render_markdown(report):
     lines += [f"- {stage}: {seconds:.1f}" for stage, seconds in report["timings_s"].items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def render_parity_plot(parity, title):
+    """parity.png: per-class top-1 of both models, and the distribution of per-image KL."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    rows = parity.per_class
+    if rows:
+        x = np.arange(len(rows))
+        left.bar(x - 0.2, [r["float_top1"] for r in rows], 0.4, label="float")
+        left.bar(x + 0.2, [r["tflite_top1"] for r in rows], 0.4, label="tflite")
+        left.plot(x, [r["agreement_top1"] for r in rows], "k.", label="agreement")
+        left.set_xticks(x, [r["class"][:14] for r in rows], rotation=45, ha="right", fontsize=8)
+        left.set_ylim(0, 1.25)
+        left.set_ylabel("top-1")
+        left.legend(loc="upper center", ncol=3, fontsize=8)
+        left.set_title("per class")
+    else:
+        left.text(0.5, 0.5, "no labels: per-class accuracy needs --eval with class folders",
+                  ha="center", va="center", wrap=True)
+        left.set_axis_off()
+    kl = np.asarray(parity.kl_per_image, np.float64)
+    if kl.size and kl.max() > 0:
+        low = max(kl[kl > 0].min(), 1e-8)
+        bins = np.logspace(np.log10(low), np.log10(max(kl.max(), low * 10)), 40)
+        right.hist(np.clip(kl, bins[0], None), bins=bins)
+        right.set_xscale("log")
+    else:
+        right.text(0.5, 0.5, "identical outputs (KL = 0)", ha="center", va="center")
+    right.axvline(parity.kl_mean, color="k", linestyle="--", label=f"mean {parity.kl_mean:.4f}")
+    right.set_xlabel("KL(float ‖ tflite) per image")
+    right.set_ylabel("images")
+    right.legend(fontsize=8)
+    right.set_title(f"{parity.images} images, agreement {parity.agreement_top1:.2%}")
+    figure.suptitle(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    # Fixed metadata so the same numbers give the same bytes.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
@@ -236,6 +285,7 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
             "model": hashlib.sha256(converted.tflite).hexdigest(),
             "float_model": hashlib.sha256(float_tflite).hexdigest(),
             "calibration_images": calibration.sha256,
+            "eval_images": parity.images_sha256,
         },
         "weights": built.weights_source,
     }
@@ -245,6 +295,8 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
         "model_config.json": json.dumps(model_config(built, converted, spec), indent=2) + "\n",
         "report.json": json.dumps(report, indent=2) + "\n",
         "report.md": render_markdown(report),
+        "parity.png": render_parity_plot(
+            parity, f"{built.name} {converted.config.quantize} vs float — {parity.source}"),
     }
     write_files_atomically(out_dir, files)
     return report

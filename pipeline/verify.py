@@ -61,6 +61,8 @@ class ParityResult:
     keras_check: dict
     skipped: list
     checks: list  # [(ok, text)]
+    images_sha256: str = None  # of the evaluated files' names and bytes, in order
+    kl_per_image: object = None  # numpy array, for the plot; not serialized
 
     @property
     def passed(self):
@@ -79,6 +81,7 @@ class ParityResult:
             "keras_check": self.keras_check,
             "per_class": self.per_class,
             "skipped": [{"file": p, "reason": r} for p, r in self.skipped],
+            "images_sha256": self.images_sha256,
             "checks": [{"ok": ok, "check": text} for ok, text in self.checks],
             "passed": self.passed,
         }
@@ -168,6 +171,7 @@ def compare_outputs(reference, candidate, labels=None):
         "agreement_top1": float(np.mean(ref_top1 == cand_top1)),
         "kl_mean": float(np.mean(kl)),
         "snr_db": None if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else None,
+        "kl_per_image": kl,
         "dominant_share": {
             "float": float(np.bincount(ref_top1).max() / len(ref_top1)),
             "tflite": float(np.bincount(cand_top1).max() / len(cand_top1)),
@@ -287,6 +291,8 @@ def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(),
         keras_check=keras,
         skipped=skipped,
         checks=threshold_checks(metrics, keras, thresholds),
+        images_sha256=calibrate.files_sha256(kept),
+        kl_per_image=metrics["kl_per_image"],
     )
 
 

@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import REPO, make_images, run_cli
 
 SMALL = ["--alpha", "0.35", "--resolution", "96", "--weights", "random", "--seed", "0"]
-ARTIFACTS = {"model.tflite", "labels.txt", "model_config.json", "report.json", "report.md"}
+ARTIFACTS = {"model.tflite", "labels.txt", "model_config.json", "report.json", "report.md",
+             "parity.png"}
 
 
 def _digest(folder):
@@ -88,6 +89,8 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     # Without --eval, parity runs on the held-out images (29 good - 20 used = 9).
     assert report["parity"]["images"] == 9 and "held-out" in report["parity"]["source"]
     assert "# mobilenet_v2_0.35_96" in (out / "report.md").read_text()
+    assert (out / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["sha256"]["eval_images"] and report["sha256"]["calibration_images"]
 
 
 def test_same_inputs_and_seed_give_identical_model_and_numbers(small_export, calibration_folder,
