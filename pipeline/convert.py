@@ -33,6 +33,7 @@ class ConvertConfig:
     quantize: str = "int8"
     io: str = "auto"  # uint8 for int8, float32 otherwise
     per_channel: bool = True
+    keep_float: tuple = ()  # op output tensor names left in float (selective quantization)
 
     def io_type(self):
         if self.io != "auto":
@@ -73,6 +74,7 @@ class ConvertedModel:
             "quantize": self.config.quantize,
             "io": self.config.io_type(),
             "per_channel": self.config.per_channel,
+            "keep_float": list(self.config.keep_float),
             "size_bytes": self.size_bytes,
             "ops": self.ops,
             "weighted_ops": summarize_weighted_ops(self.weighted_ops),
@@ -85,6 +87,8 @@ def check_config(cfg):
             f"--quantize {cfg.quantize} is unknown: use one of {', '.join(QUANTIZE_MODES)}"
         )
     io_type = cfg.io_type()
+    if cfg.keep_float and cfg.quantize != "int8":
+        raise PipelineInputError(f"--keep-float works with --quantize int8, not {cfg.quantize}")
     allowed = {
         "int8": ("uint8", "int8", "float32"),
         "int16x8": ("int16", "float32"),
@@ -156,12 +160,120 @@ def io_specs(model_bytes):
     return specs
 
 
+def _tf_dtype(name):
+    import tensorflow as tf
+
+    return {"uint8": tf.uint8, "int8": tf.int8, "int16": tf.int16, "float32": tf.float32}[name]
+
+
+def _int8_converter(built, calibration_arrays, per_channel):
+    import numpy as np
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([np.asarray(a, np.float32)[None]]
+                                                for a in calibration_arrays)
+    if not per_channel:
+        converter._experimental_disable_per_channel = True
+    return converter
+
+
+def calibrate_model(built, calibration_arrays, per_channel=True):
+    """The float model annotated with calibrated ranges (TFLite's calibrate-only step).
+
+    Quantizing it (`quantize_calibrated`) takes ~0.2 s, so many selective-quantization variants
+    can be tried from one calibration.
+    """
+    import tensorflow as tf
+
+    from pipeline.device_runner import quiet_native_stderr
+
+    converter = _int8_converter(built, calibration_arrays, per_channel)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+        return converter.convert()
+
+
+def quantize_calibrated(calibrated, cfg):
+    """int8 model from a calibrated one, with `cfg.keep_float` op outputs left in float."""
+    from tensorflow.lite.python import convert as tf_convert
+
+    from pipeline.device_runner import quiet_native_stderr
+
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+        return tf_convert.mlir_quantize(
+            calibrated,
+            disable_per_channel=not cfg.per_channel,
+            input_data_type=_tf_dtype(cfg.io_type()),
+            output_data_type=_tf_dtype(cfg.io_type()),
+            denylisted_nodes=list(cfg.keep_float) or None,
+        )
+
+
+def convert_calibrated(calibrated, cfg):
+    """ConvertedModel from a calibrated model (the selective-quantization path)."""
+    check_config(cfg)
+    return _converted(quantize_calibrated(calibrated, cfg), cfg)
+
+
+def quantizable_tensors(calibrated):
+    """[(op name, output tensor name)] of the ops a keep-float list can name, in execution order."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    found = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        tensor = graph.tensors[op.outputs[0]].name
+        found.append((name, tensor.decode() if isinstance(tensor, bytes) else tensor))
+    return found
+
+
+def resolve_keep_float(names, calibrated):
+    """Layer names (block_3_depthwise_relu) or tensor names → op output tensor names."""
+    from pipeline.diagnose import layer_name
+
+    tensors = [t for _, t in quantizable_tensors(calibrated)]
+    by_layer = {}
+    for tensor in tensors:
+        by_layer.setdefault(layer_name(tensor), tensor)
+    resolved = []
+    for name in names:
+        if name in tensors:
+            resolved.append(name)
+        elif name in by_layer:
+            resolved.append(by_layer[name])
+        else:
+            examples = ", ".join(list(by_layer)[:4])
+            raise PipelineInputError(
+                f"--keep-float {name}: no such layer; use names from `python -m pipeline.diagnose` "
+                f"(e.g. {examples})"
+            )
+    return tuple(resolved)
+
+
 def convert(built, calibration_arrays, cfg):
     """Converts a BuiltModel. `calibration_arrays` (float32 NHWC) is used by int8 and int16x8."""
     import numpy as np
     import tensorflow as tf
 
     check_config(cfg)
+    if cfg.keep_float:
+        if calibration_arrays is None or len(calibration_arrays) == 0:
+            raise PipelineInputError("--keep-float needs calibration images")
+        model_bytes = quantize_calibrated(calibrate_model(built, calibration_arrays, cfg.per_channel),
+                                          cfg)
+        return _converted(model_bytes, cfg)
     converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
     needs_calibration = cfg.quantize in ("int8", "int16x8")
     if cfg.quantize != "none":
@@ -198,6 +310,10 @@ def convert(built, calibration_arrays, cfg):
 
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
         model_bytes = converter.convert()
+    return _converted(model_bytes, cfg)
+
+
+def _converted(model_bytes, cfg):
     ops, weighted = inspect_tflite(model_bytes)
     input_spec, output_spec = io_specs(model_bytes)
     return ConvertedModel(
@@ -213,6 +329,13 @@ def define_flags():
     define("string", "io", "auto",
            "Model input/output type: uint8 | int8 | float32 (| int16 for int16x8); auto = uint8 "
            "for int8 (an app feeds camera bytes), float32 otherwise.")
+    define("string", "keep-float", None,
+           "Layers to keep in float in an int8 model: comma-separated names from pipeline.diagnose, "
+           "or 'auto' to add MobileNetV2 blocks in order of measured sensitivity until "
+           "--min-agreement is reached on held-out calibration images.")
+    define("float", "keep-float-max-latency", 1.3,
+           "With --keep-float auto: the most 1-thread latency (x the all-int8 model) to spend.")
+    define("integer", "keep-float-max-groups", 8, "With --keep-float auto: the most blocks to add.")
     define("enum", "granularity", "per-channel", ["per-channel", "per-tensor"], "Weight quantization granularity for int8 (per-tensor breaks MobileNetV2; kept to show it).")
 
 

@@ -41,53 +41,103 @@ def define_flags():
            "Center-crop this fraction of the shorter side before resizing (1.0 = whole square).")
 
 
+def export_from_flags(flag_values=FLAGS):
+    """Runs every stage as the flags say; returns (report dict, output folder, ParityResult)."""
+    from pipeline.errors import PipelineInputError
+
+    timings = {}
+    build_cfg = build.config_from_flags(flag_values)
+    convert_cfg = convert.config_from_flags(flag_values)
+    convert.check_config(convert_cfg)
+    thresholds = verify.config_from_flags(flag_values)
+    crop = flag_values["crop-fraction"].value
+    if not 0 < crop <= 1:
+        raise PipelineInputError(f"--crop-fraction {crop} must be in (0, 1], e.g. 1.0 or 0.875")
+    with _timed(timings, "build"):
+        built = build.build_model(build_cfg)
+    out_dir = flag_values["output"].value or f"artifacts/{built.name}"
+    report.check_writable(out_dir)
+    spec = Preprocessing(resolution=built.resolution, crop_fraction=crop)
+    with _timed(timings, "calibrate"):
+        calibration = calibrate.representative_dataset(
+            calibrate.config_from_flags(flag_values, imagenet_weights=built.synsets is not None),
+            spec, progress=calibrate.progress_bar("calibration images"))
+    eval_dir = flag_values["eval"].value or calibration.default_eval_dir
+    if eval_dir:
+        eval_set = verify.eval_set_from_folder(eval_dir, built, flag_values["eval-samples"].value,
+                                               flag_values["seed"].value)
+    else:
+        eval_set = verify.eval_set_from_held_out(calibration, built)
+    with _timed(timings, "convert_float"):
+        float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none"))
+    keep_float = flag_values["keep-float"].value
+    keep_float_report = None
+    with _timed(timings, "convert"):
+        if keep_float:
+            converted, keep_float_report = _selective_int8(
+                flag_values, built, calibration, spec, convert_cfg, float_model, thresholds)
+        elif convert_cfg.quantize == "none":
+            converted = float_model
+        else:
+            converted = convert.convert(built, calibration.arrays, convert_cfg)
+    with _timed(timings, "verify"):
+        parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
+                               thresholds, threads=flag_values["threads"].value,
+                               progress=lambda _, total: _progress(total))
+    with _timed(timings, "benchmark"):
+        bench = benchmark.quick_benchmark(
+            converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value))
+    command = "python -m pipeline.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with _timed(timings, "report"):
+        written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
+                                      parity, bench, spec, timings, command,
+                                      keep_float=keep_float_report)
+    return written, out_dir, parity
+
+
+def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_model, thresholds):
+    """--keep-float NAMES|auto: int8 with some layers in float; returns (ConvertedModel, report)."""
+    import dataclasses
+
+    from pipeline import diagnose
+    from pipeline.errors import PipelineInputError
+    from pipeline.preprocess import load_images
+
+    if convert_cfg.quantize != "int8":
+        raise PipelineInputError(f"--keep-float works with --quantize int8, not {convert_cfg.quantize}")
+    calibrated = convert.calibrate_model(built, calibration.arrays, convert_cfg.per_channel)
+    names = [n.strip() for n in flag_values["keep-float"].value.split(",") if n.strip()]
+    if names != ["auto"]:
+        keep = convert.resolve_keep_float(names, calibrated)
+        converted = convert.convert_calibrated(calibrated, dataclasses.replace(convert_cfg, keep_float=keep))
+        return converted, {"mode": "names", "layers": names, "tensors": list(keep)}
+    if thresholds.min_agreement is None:
+        raise PipelineInputError("--keep-float auto needs a target: pass --min-agreement (e.g. 0.97)")
+    held_out = calibration.held_out[:256]
+    if len(held_out) < 50:
+        raise PipelineInputError(
+            f"--keep-float auto measures sensitivity on calibration images not used to calibrate, and "
+            f"{calibration.folder.root} has only {len(held_out)}: add images or lower "
+            "--calibration-samples")
+    search = diagnose.search_keep_float(
+        calibrated, convert_cfg, float_model.tflite, load_images(held_out, spec).arrays,
+        thresholds.min_agreement, flag_values["keep-float-max-latency"].value,
+        flag_values["keep-float-max-groups"].value,
+        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    converted = convert.convert_calibrated(
+        calibrated, dataclasses.replace(convert_cfg, keep_float=search.chosen))
+    return converted, {"mode": "auto", **search.to_json()}
+
+
 def main(argv):
     from pipeline.errors import ParityError, PipelineInputError
 
     if len(argv) > 1:
         raise PipelineInputError(f"unexpected argument {argv[1]!r}: all inputs are --flags (see --help)")
-    timings = {}
-    build_cfg = build.config_from_flags(FLAGS)
-    convert_cfg = convert.config_from_flags(FLAGS)
-    convert.check_config(convert_cfg)
-    thresholds = verify.config_from_flags(FLAGS)
-    crop = FLAGS["crop-fraction"].value
-    if not 0 < crop <= 1:
-        raise PipelineInputError(f"--crop-fraction {crop} must be in (0, 1], e.g. 1.0 or 0.875")
-    with _timed(timings, "build"):
-        built = build.build_model(build_cfg)
-    out_dir = FLAGS["output"].value or f"artifacts/{built.name}"
-    report.check_writable(out_dir)
-    spec = Preprocessing(resolution=built.resolution, crop_fraction=crop)
-    with _timed(timings, "calibrate"):
-        calibration = calibrate.representative_dataset(
-            calibrate.config_from_flags(FLAGS, imagenet_weights=built.synsets is not None),
-            spec, progress=calibrate.progress_bar("calibration images"))
-    eval_dir = FLAGS["eval"].value or calibration.default_eval_dir
-    if eval_dir:
-        eval_set = verify.eval_set_from_folder(eval_dir, built, FLAGS["eval-samples"].value,
-                                               FLAGS["seed"].value)
-    else:
-        eval_set = verify.eval_set_from_held_out(calibration, built)
-    with _timed(timings, "convert_float"):
-        float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none"))
-    with _timed(timings, "convert"):
-        converted = (float_model if convert_cfg.quantize == "none"
-                     else convert.convert(built, calibration.arrays, convert_cfg))
-    with _timed(timings, "verify"):
-        parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
-                               thresholds, threads=FLAGS["threads"].value,
-                               progress=lambda _, total: _progress(total))
-    with _timed(timings, "benchmark"):
-        bench = benchmark.quick_benchmark(
-            converted.tflite, benchmark.BenchmarkConfig(runs=FLAGS["benchmark-runs"].value))
-    command = "python -m pipeline.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with _timed(timings, "report"):
-        written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
-                                      parity, bench, spec, timings, command)
+    written, out_dir, parity = export_from_flags(FLAGS)
     print(verify.format_checks(parity))
     latency = written["latency_ms"]
-    print(f"{out_dir}/model.tflite: {converted.size_bytes / 1e6:.2f} MB, "
+    print(f"{out_dir}/model.tflite: {written['size_bytes'] / 1e6:.2f} MB, "
           + ", ".join(f"{t} thread{'s' if t != '1' else ''} {v['median']:.2f} ms" for t, v in latency.items())
           + f", agreement {parity.agreement_top1:.2%} on {parity.images} images")
     if not parity.passed:

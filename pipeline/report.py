@@ -191,6 +191,19 @@ def render_markdown(report):
     lines += ["", "![parity](parity.png)", "", "## Model", ""]
     ops = report["conversion"]["weighted_ops"]
     lines += [f"- {name}: {count}" for name, count in ops.items()]
+    keep = report.get("keep_float")
+    if keep and keep["mode"] == "auto":
+        lines += ["", "## Kept in float (--keep-float auto)", "",
+                  f"Searched on held-out calibration images; target reached: {keep['reached']}.", "",
+                  "| blocks in float | agreement | KL | size bytes | latency × int8 |", "|---|---|---|---|---|"]
+        base = keep["baseline"]
+        lines.append(f"| none | {_pct(base['agreement_top1'])} | {base['kl_mean']:.5f} | "
+                     f"{base['size_bytes']:,} | 1.00 |")
+        for step in keep["steps"]:
+            lines.append(f"| {', '.join(step['groups'])} | {_pct(step['agreement_top1'])} | "
+                         f"{step['kl_mean']:.5f} | {step['size_bytes']:,} | {step['latency_ratio']:.2f} |")
+    elif keep:
+        lines += ["", f"Kept in float (--keep-float): {', '.join(keep['layers'])}"]
     cal = report["calibration"]
     lines += [
         "",
@@ -256,7 +269,7 @@ def render_parity_plot(parity, title):
 
 
 def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
-                 timings, command):
+                 timings, command, keep_float=None):
     """Assembles and atomically writes all artifacts. Returns the report dict."""
     import hashlib
 
@@ -288,6 +301,7 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
             "eval_images": parity.images_sha256,
         },
         "weights": built.weights_source,
+        "keep_float": keep_float,
     }
     files = {
         "model.tflite": converted.tflite,

@@ -84,3 +84,25 @@ def test_bad_conversion_settings_are_refused(cfg, words):
 def test_int8_without_calibration_images_is_refused(small_built):
     with pytest.raises(PipelineInputError, match="needs calibration images"):
         convert.convert(small_built, np.zeros((0, 96, 96, 3), np.float32), convert.ConvertConfig("int8"))
+
+
+def test_keep_float_leaves_named_layers_in_float(small_built, small_calibration):
+    calibrated = convert.calibrate_model(small_built, small_calibration.arrays[:4])
+    names = [t for op, t in convert.quantizable_tensors(calibrated) if op == "DEPTHWISE_CONV_2D"]
+    assert len(names) == 17
+    keep = convert.resolve_keep_float(["expanded_conv_depthwise_relu", names[5]], calibrated)
+    assert keep[1] == names[5] and "expanded_conv_depthwise" in keep[0]
+    cfg = convert.ConvertConfig("int8", keep_float=keep)
+    converted = convert.convert(small_built, small_calibration.arrays[:4], cfg)
+    depthwise = [w for w in converted.weighted_ops if w["op"] == "DEPTHWISE_CONV_2D"]
+    assert sum(w["activation_dtype"] == "float32" for w in depthwise) == 2
+    assert sum(w["weight_dtype"] == "int8" and w["per_channel"] for w in depthwise) == 15
+    # The app-facing contract is unchanged: uint8 in and out.
+    assert converted.input.dtype == "uint8" and converted.output.dtype == "uint8"
+    assert "DEQUANTIZE[int8]" in converted.ops and converted.summary()["keep_float"] == list(keep)
+
+
+def test_keep_float_unknown_layer_is_refused(small_built, small_calibration):
+    calibrated = convert.calibrate_model(small_built, small_calibration.arrays[:4])
+    with pytest.raises(PipelineInputError, match="--keep-float block_99_depthwise: no such layer"):
+        convert.resolve_keep_float(["block_99_depthwise"], calibrated)

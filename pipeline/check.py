@@ -1,0 +1,207 @@
+"""The CI gate: a fresh export (or an existing report) against thresholds and a committed baseline.
+
+    python -m pipeline.check --baseline ci/baseline.json [export flags]   # export, then gate
+    python -m pipeline.check --baseline ci/baseline.json --report OUT/report.json
+    python -m pipeline.check --baseline ci/baseline.json --update-baseline [export flags]
+
+Thresholds (each one a JUnit test case with the measured value and the bound):
+  relative_top1    tflite.top1 / float.top1 ≥ --min-relative-top1 (0.99; MLPerf uses 0.98–0.99)
+  agreement_top1   ≥ --min-agreement, default the baseline's minus --agreement-tolerance (1 pt)
+  top5_drop        float.top5 − tflite.top5 ≤ --max-top5-drop (1 pt)
+  kl_mean          ≤ --max-kl, default 1.5 × the baseline's + 0.001
+  size_growth      size / baseline size − 1 ≤ --max-size-growth (5%)
+  latency_growth   1-thread median / baseline's − 1 ≤ --max-latency-growth (50%: shared CI machines
+                   are noisy; a 2x regression still fails)
+Exit 0 pass, 1 a threshold failed, 2 bad input. Writes --junit (XML), --result (JSON) and
+--summary (Markdown, fit for a CI job summary).
+"""
+
+import dataclasses
+import json
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+from pipeline.errors import ParityError, PipelineInputError
+from pipeline.report import write_files_atomically
+
+BASELINE_KEYS = ("model", "float", "tflite", "agreement_top1", "kl_mean", "size_bytes", "latency_ms",
+                 "command")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateThresholds:
+    min_relative_top1: float = 0.99
+    min_agreement: float = None
+    agreement_tolerance: float = 0.01
+    max_top5_drop: float = 0.01
+    max_kl: float = None
+    max_size_growth: float = 0.05
+    max_latency_growth: float = 0.5
+
+
+@dataclasses.dataclass
+class CheckResult:
+    name: str
+    measured: float
+    bound: float
+    relation: str  # "≥" or "≤"
+    passed: bool
+    detail: str
+
+    def line(self):
+        mark = "✓" if self.passed else "✗"
+        return f"{mark} {self.name}: {_fmt(self.measured)} {self.relation} {_fmt(self.bound)} ({self.detail})"
+
+
+def _fmt(value):
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def _check(name, measured, relation, bound, detail):
+    if measured is None:
+        return CheckResult(name, None, bound, relation, False, detail + "; not measured")
+    ok = measured >= bound if relation == "≥" else measured <= bound
+    return CheckResult(name, measured, bound, relation, ok, detail)
+
+
+def load_json(path, what):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineInputError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise PipelineInputError(f"{what} {path} is not readable JSON ({error})") from None
+
+
+def baseline_from_report(report):
+    return {key: report[key] for key in BASELINE_KEYS if key in report}
+
+
+def gate(report, baseline, thresholds):
+    """Evaluates every threshold; returns a list of CheckResult."""
+    for key in ("float", "tflite", "agreement_top1", "kl_mean", "size_bytes", "latency_ms"):
+        if key not in baseline:
+            raise PipelineInputError(f"the baseline has no {key!r}: write it with --update-baseline")
+    f, t = report["float"], report["tflite"]
+    relative = t["top1"] / f["top1"] if f.get("top1") else None
+    agreement_bound = (thresholds.min_agreement if thresholds.min_agreement is not None
+                       else baseline["agreement_top1"] - thresholds.agreement_tolerance)
+    kl_bound = thresholds.max_kl if thresholds.max_kl is not None else baseline["kl_mean"] * 1.5 + 1e-3
+    top5_drop = f["top5"] - t["top5"] if f.get("top5") is not None else None
+    latency = report["latency_ms"]["1"]["median"]
+    base_latency = baseline["latency_ms"]["1"]["median"]
+    return [
+        _check("relative_top1", relative, "≥", thresholds.min_relative_top1,
+               f"tflite top-1 {_fmt(t.get('top1'))} / float {_fmt(f.get('top1'))}"),
+        _check("agreement_top1", report["agreement_top1"], "≥", agreement_bound,
+               f"baseline {baseline['agreement_top1']:.4f}"),
+        _check("top5_drop", top5_drop, "≤", thresholds.max_top5_drop,
+               f"float top-5 {_fmt(f.get('top5'))}, tflite {_fmt(t.get('top5'))}"),
+        _check("kl_mean", report["kl_mean"], "≤", kl_bound, f"baseline {baseline['kl_mean']:.5f}"),
+        _check("size_growth", report["size_bytes"] / baseline["size_bytes"] - 1, "≤",
+               thresholds.max_size_growth,
+               f"{report['size_bytes']:,} bytes vs baseline {baseline['size_bytes']:,}"),
+        _check("latency_growth", latency / base_latency - 1, "≤", thresholds.max_latency_growth,
+               f"1-thread median {latency:.3f} ms vs baseline {base_latency:.3f} ms"),
+    ]
+
+
+def junit_xml(results, name="parity-gate"):
+    suite = ElementTree.Element("testsuite", name=name, tests=str(len(results)),
+                                failures=str(sum(not r.passed for r in results)), errors="0")
+    for result in results:
+        case = ElementTree.SubElement(suite, "testcase", classname=name, name=result.name)
+        properties = ElementTree.SubElement(case, "properties")
+        for key in ("measured", "bound", "relation"):
+            ElementTree.SubElement(properties, "property", name=key, value=str(getattr(result, key)))
+        if not result.passed:
+            failure = ElementTree.SubElement(case, "failure", message=result.line())
+            failure.text = result.detail
+    ElementTree.indent(suite)
+    return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def summary_markdown(results, report):
+    passed = all(r.passed for r in results)
+    lines = [f"### Parity gate: {'passed' if passed else 'FAILED'} — {report['model']['name']} "
+             f"{report['model']['quantize']}", "", "| | check | measured | bound |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {'✓' if r.passed else '✗'} | {r.name} | {_fmt(r.measured)} | "
+                     f"{r.relation} {_fmt(r.bound)} |")
+    return "\n".join(lines) + "\n"
+
+
+def define_flags():
+    from pipeline.cli import define
+
+    define("string", "baseline", None, "Baseline JSON (written by --update-baseline).")
+    define("bool", "update-baseline", False, "Write --baseline from this run instead of gating.")
+    define("string", "report", None, "Gate an existing report.json instead of exporting afresh.")
+    define("string", "junit", None, "Write JUnit XML here (one test case per threshold).")
+    define("string", "result", None, "Write the gate's JSON result here.")
+    define("string", "summary", None, "Write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")
+    define("float", "min-relative-top1", 0.99, "tflite.top1 / float.top1 must be at least this.")
+    define("float", "agreement-tolerance", 0.01,
+           "Without --min-agreement: agreement may fall this far below the baseline's.")
+    define("float", "max-top5-drop", 0.01, "float.top5 − tflite.top5 may be at most this.")
+    define("float", "max-kl", None, "Mean KL may be at most this (default 1.5 × baseline + 0.001).")
+    define("float", "max-size-growth", 0.05, "Model size may grow at most this fraction.")
+    define("float", "max-latency-growth", 0.5, "1-thread median latency may grow at most this fraction.")
+
+
+def main(argv):
+    from absl import flags
+
+    values = flags.FLAGS
+    baseline_path = values["baseline"].value
+    if not baseline_path:
+        raise PipelineInputError("--baseline FILE is required (create it with --update-baseline)")
+    if values["report"].value:
+        report = load_json(values["report"].value, "--report")
+    else:
+        from pipeline import export
+
+        if values["output"].value is None:
+            values["output"].value = tempfile.mkdtemp(prefix="parity-gate-")
+        report, _, _ = export.export_from_flags(values)
+    if values["update-baseline"].value:
+        write_files_atomically(baseline_path, {"": json.dumps(baseline_from_report(report), indent=2) + "\n"})
+        print(f"baseline written to {baseline_path}")
+        return
+    baseline = load_json(baseline_path, "--baseline")
+    thresholds = GateThresholds(
+        min_relative_top1=values["min-relative-top1"].value,
+        min_agreement=values["min-agreement"].value,
+        agreement_tolerance=values["agreement-tolerance"].value,
+        max_top5_drop=values["max-top5-drop"].value,
+        max_kl=values["max-kl"].value,
+        max_size_growth=values["max-size-growth"].value,
+        max_latency_growth=values["max-latency-growth"].value,
+    )
+    results = gate(report, baseline, thresholds)
+    outputs = {
+        "junit": junit_xml(results),
+        "result": json.dumps({"passed": all(r.passed for r in results),
+                              "checks": [dataclasses.asdict(r) for r in results],
+                              "model": report.get("model"), "baseline": baseline_path}, indent=2) + "\n",
+        "summary": summary_markdown(results, report),
+    }
+    for key, content in outputs.items():
+        if values[key].value:
+            write_files_atomically(values[key].value, {"": content})
+    print("\n".join(r.line() for r in results))
+    if not all(r.passed for r in results):
+        raise ParityError("parity gate failed: " + ", ".join(r.name for r in results if not r.passed))
+
+
+if __name__ == "__main__":
+    from pipeline import export
+    from pipeline.cli import run
+
+    export.define_flags()
+    define_flags()
+    run(main)

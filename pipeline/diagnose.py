@@ -1,0 +1,380 @@
+"""Which layer breaks parity: per-layer quantization error with TensorFlow's QuantizationDebugger.
+
+For every quantized op output the debugger runs the float and the int8 op side by side on a few
+images and reports the error. We rank layers by RMSE / scale (the error in units of the layer's
+quantization step: ~0.29 is pure rounding, ≫ 1 means the layer's range or weights are the problem),
+add the output SNR, the output range (255 × scale) and, for convolutions, how unequal the weight
+channels are: max / median of the per-channel weight ranges. That last ratio is why per-tensor
+weights break MobileNetV2: one scale for a depthwise kernel whose channels differ 30x leaves the
+small channels a handful of levels.
+
+    python -m pipeline.diagnose --calibration DIR [--granularity per-tensor] --output OUT
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import re
+import sys
+
+import numpy as np
+
+from pipeline.errors import PipelineInputError
+
+DEBUG_IMAGES = 32
+
+
+@dataclasses.dataclass
+class LayerStats:
+    index: int  # execution order among quantized ops
+    op: str
+    layer: str  # Keras layer name recovered from the tensor name
+    tensor: str  # output tensor name (what --keep-float takes)
+    rmse_over_scale: float
+    snr_db: float
+    scale: float
+    output_range: float
+    max_abs_error: float
+    weight_range_ratio: float = None  # max / median per-channel weight range (conv ops)
+    channels: int = None
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    granularity: str
+    images: int
+    layers: list  # LayerStats in execution order
+
+    def worst(self, n=None):
+        ranked = sorted(self.layers, key=lambda s: -s.rmse_over_scale)
+        return ranked[:n] if n else ranked
+
+    def to_json(self):
+        return {"granularity": self.granularity, "images": self.images,
+                "layers_worst_first": [dataclasses.asdict(s) for s in self.worst()]}
+
+
+def layer_name(tensor_name):
+    """'model_1/block_3_depthwise_relu_1/Relu6;…' → 'block_3_depthwise_relu'."""
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    name = parts[1] if len(parts) > 1 else parts[0]
+    return re.sub(r"_\d+$", "", name)
+
+
+def _snr_db(float_tensor, quant_tensor, scale, zero_point):
+    dequantized = (np.asarray(quant_tensor, np.float32) - zero_point) * scale
+    noise = float(np.sum(np.square(np.asarray(float_tensor, np.float32) - dequantized)))
+    signal = float(np.sum(np.square(float_tensor)))
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(max(signal, 1e-30) / noise)
+
+
+def weight_range_ratios(float_tflite):
+    """Per conv op in execution order: (op, max/median per-output-channel weight range, channels)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_tflite))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    ratios = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        tensor = graph.tensors[op.inputs[1]]
+        data = model.buffers[tensor.buffer].data
+        if data is None or tensor.type != schema.TensorType.FLOAT32:
+            ratios.append((name, None, None))
+            continue
+        weights = np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+        # Output channels: last axis for depthwise [1, h, w, C], first for conv/fc [O, ...].
+        axis = 3 if name == "DEPTHWISE_CONV_2D" else 0
+        moved = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
+        ranges = moved.max(axis=1) - moved.min(axis=1)
+        median = float(np.median(ranges))
+        ratios.append((name, float(ranges.max() / median) if median > 0 else None, len(ranges)))
+    return ratios
+
+
+def make_debugger(built, calibration_arrays, debug_arrays, per_channel=True, keep_float=()):
+    """A QuantizationDebugger calibrated once; `get_nondebug_quantized_model()` then re-quantizes
+    with `options.denylisted_nodes` kept float in ~0.2 s, which makes layer search affordable."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from pipeline.device_runner import quiet_native_stderr
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([np.asarray(a, np.float32)[None]]
+                                                 for a in calibration_arrays)
+    # Float fallback must be allowed for kept-float layers; the rest stays int8.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    if not per_channel:
+        converter._experimental_disable_per_channel = True
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"snr_db": _snr_db},
+        denylisted_nodes=list(keep_float),
+    )
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter,
+            debug_dataset=lambda: ([np.asarray(a, np.float32)[None]] for a in debug_arrays),
+            debug_options=options,
+        )
+    return debugger
+
+
+def diagnose(built, calibration_arrays, debug_arrays, float_tflite, per_channel=True):
+    """Runs the debugger and returns a Diagnosis (layers in execution order)."""
+    import contextlib
+
+    from pipeline.device_runner import quiet_native_stderr
+
+    debugger = make_debugger(built, calibration_arrays, debug_arrays, per_channel)
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
+    ratios = iter(weight_range_ratios(float_tflite))
+    layers = []
+    for index, row in enumerate(rows):
+        scale = float(row["scale"])
+        stats = LayerStats(
+            index=index,
+            op=row["op_name"],
+            layer=layer_name(row["tensor_name"]),
+            tensor=row["tensor_name"],
+            rmse_over_scale=float(np.sqrt(float(row["mean_squared_error"])) / scale),
+            snr_db=float(row["snr_db"]),
+            scale=scale,
+            output_range=255 * scale,
+            max_abs_error=float(row["max_abs_error"]),
+        )
+        if stats.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            op, ratio, channels = next(ratios)
+            if op != stats.op:
+                raise RuntimeError(f"op order differs between float and debug model at {stats.layer}")
+            stats.weight_range_ratio, stats.channels = ratio, channels
+        layers.append(stats)
+    return Diagnosis(granularity="per-channel" if per_channel else "per-tensor",
+                     images=len(debug_arrays), layers=layers)
+
+
+def render_plot(diagnosis, title):
+    """diagnosis.png: error by depth (depthwise layers marked) and weight channel-range ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = diagnosis.layers
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6.5), dpi=100, sharex=True)
+    x = np.arange(len(layers))
+    colors = ["tab:red" if s.op == "DEPTHWISE_CONV_2D" else "tab:blue" if s.op == "CONV_2D"
+              else "tab:gray" for s in layers]
+    top.bar(x, [s.rmse_over_scale for s in layers], color=colors)
+    top.axhline(0.29, color="k", linestyle=":", linewidth=1)
+    top.text(len(layers) - 1, 0.3, "rounding only (1/√12)", ha="right", va="bottom", fontsize=8)
+    top.set_yscale("log")
+    top.set_ylim(top=max(s.rmse_over_scale for s in layers) * 12)
+    top.set_ylabel("RMSE / scale")
+    top.set_title(f"{title}: quantization error by layer (red: depthwise, blue: conv, grey: other)")
+    ratio = [s.weight_range_ratio or 0 for s in layers]
+    bottom.bar(x, ratio, color=colors)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("max / median channel\nweight range")
+    bottom.set_xlabel("layer (execution order)")
+    for s in diagnosis.worst(3):
+        top.annotate(s.layer, (s.index, s.rmse_over_scale), fontsize=7, rotation=30,
+                     xytext=(2, 4), textcoords="offset points")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def render_markdown(diagnosis, top_n=15):
+    lines = [
+        f"## Per-layer quantization error ({diagnosis.granularity} weights, {diagnosis.images} images)",
+        "",
+        "RMSE / scale is the error in quantization steps (≈0.29 is rounding alone). The weight ratio is "
+        "max / median of the per-output-channel weight ranges: a large ratio cannot share one scale.",
+        "",
+        "| # | layer | op | RMSE/scale | SNR dB | output range | weight ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in diagnosis.worst(top_n):
+        ratio = "—" if s.weight_range_ratio is None else f"{s.weight_range_ratio:.1f}×"
+        lines.append(f"| {s.index} | {s.layer} | {s.op} | {s.rmse_over_scale:.3f} | {s.snr_db:.1f} | "
+                     f"{s.output_range:.2f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def define_flags():
+    from pipeline.cli import define
+
+    define("integer", "debug-images", DEBUG_IMAGES, "Images the debugger compares layers on.")
+
+
+def main(argv):
+    from absl import flags
+
+    from pipeline import build, calibrate, convert
+    from pipeline.preprocess import Preprocessing
+    from pipeline.report import check_writable, write_files_atomically
+
+    values = flags.FLAGS
+    out_dir = values["output"].value
+    if not out_dir:
+        raise PipelineInputError("--output DIR is required: where diagnosis.{json,md,png} go")
+    check_writable(out_dir)
+    built = build.build_model(build.config_from_flags(values))
+    spec = Preprocessing(resolution=built.resolution)
+    calibration = calibrate.representative_dataset(
+        calibrate.config_from_flags(values, imagenet_weights=built.synsets is not None), spec,
+        progress=calibrate.progress_bar("calibration images"))
+    debug_arrays = calibration.arrays[: values["debug-images"].value]
+    float_tflite = convert.convert(built, None, convert.ConvertConfig("none")).tflite
+    per_channel = values["granularity"].value == "per-channel"
+    result = diagnose(built, calibration.arrays, debug_arrays, float_tflite, per_channel)
+    title = f"{built.name} {result.granularity}"
+    write_files_atomically(out_dir, {
+        "diagnosis.json": json.dumps(result.to_json(), indent=2) + "\n",
+        "diagnosis.md": render_markdown(result),
+        "diagnosis.png": render_plot(result, title),
+    })
+    print(render_markdown(result, top_n=10))
+
+
+if __name__ == "__main__":
+    from pipeline import build, calibrate, convert
+    from pipeline.cli import define, run
+
+    build.define_flags()
+    calibrate.define_flags()
+    convert.define_flags()
+    define_flags()
+    define("string", "output", None, "Folder for diagnosis.json, diagnosis.md and diagnosis.png.")
+    run(main)
+
+
+# --- Fixing it: keep the layers that matter in float ------------------------------------------
+
+@dataclasses.dataclass
+class KeepFloatStep:
+    groups: list  # groups kept in float so far
+    tensors: int  # op outputs kept in float
+    agreement_top1: float
+    kl_mean: float
+    size_bytes: int
+    latency_ratio: float  # 1-thread median vs the all-int8 model, measured interleaved
+
+
+@dataclasses.dataclass
+class KeepFloatSearch:
+    sensitivity: list  # [(group, kl_mean with that group alone in float)], most helpful first
+    baseline: KeepFloatStep
+    steps: list  # KeepFloatStep after each added group
+    chosen: tuple  # tensor names of the chosen configuration
+    reached: bool  # the target agreement was reached within the latency budget
+
+    def to_json(self):
+        return {
+            "sensitivity": [{"group": g, "kl_mean_if_float": k} for g, k in self.sensitivity],
+            "baseline": dataclasses.asdict(self.baseline),
+            "steps": [dataclasses.asdict(s) for s in self.steps],
+            "chosen": list(self.chosen),
+            "reached": self.reached,
+        }
+
+
+def layer_group(tensor_name):
+    """The MobileNetV2 block an op belongs to (block_3, expanded_conv, Conv1, …), else the layer.
+
+    Measured here: keeping single layers in float barely moves agreement (errors are spread
+    through a block and compound), whole early blocks do; so the search adds blocks."""
+    name = layer_name(tensor_name)
+    match = re.match(r"(block_\d+|expanded_conv|Conv1|Conv_1)", name)
+    return match.group(1) if match else name
+
+
+def _parity_of(model_bytes, images, reference):
+    from pipeline.device_runner import Runner, load_runtime
+    from pipeline.verify import compare_outputs
+
+    _, _, module = load_runtime()
+    return compare_outputs(reference, Runner(module, model_content=model_bytes, threads=2)(images))
+
+
+def _latency_ratio(candidate, baseline, rounds=3, runs=20):
+    from pipeline.device_runner import load_runtime, time_invokes
+
+    _, _, module = load_runtime()
+    ratios = []
+    for _ in range(rounds):  # interleaved rounds: both models see the same machine noise
+        base = time_invokes(module, baseline, (1,), warmup=3, runs=runs)[0]["median_ms"]
+        cand = time_invokes(module, candidate, (1,), warmup=3, runs=runs)[0]["median_ms"]
+        ratios.append(cand / base)
+    return float(np.median(ratios))
+
+
+def search_keep_float(calibrated, cfg, float_tflite, images, target_agreement,
+                      max_latency_ratio=1.3, max_groups=8, progress=print):
+    """Adds float groups in order of measured sensitivity until `target_agreement` is reached.
+
+    Sensitivity of a group = mean KL(float ‖ model) on `images` (held-out, never the evaluation set)
+    when only that group is float. Stops at the target, at `max_latency_ratio` × the int8 model's
+    1-thread latency, or after `max_groups` groups.
+    """
+    from pipeline import convert
+    from pipeline.device_runner import Runner, load_runtime
+
+    _, _, module = load_runtime()
+    reference = Runner(module, model_content=float_tflite, threads=2)(images)
+    groups = {}
+    for _, tensor in convert.quantizable_tensors(calibrated):
+        groups.setdefault(layer_group(tensor), []).append(tensor)
+
+    def variant(group_names):
+        tensors = tuple(t for g in group_names for t in groups[g])
+        return tensors, convert.quantize_calibrated(calibrated, dataclasses.replace(cfg, keep_float=tensors))
+
+    _, int8 = variant([])
+    base = _parity_of(int8, images, reference)
+    baseline = KeepFloatStep([], 0, base["agreement_top1"], base["kl_mean"], len(int8), 1.0)
+    sensitivity = []
+    for group in groups:
+        _, model = variant([group])
+        sensitivity.append((group, _parity_of(model, images, reference)["kl_mean"]))
+    sensitivity.sort(key=lambda item: item[1])
+    progress(f"keep-float: int8 agreement {base['agreement_top1']:.2%} on {len(images)} held-out "
+             f"images; most sensitive: {', '.join(g for g, _ in sensitivity[:5])}")
+    steps, chosen, reached = [], (), base["agreement_top1"] >= target_agreement
+    kept = []
+    for group, _ in sensitivity[:max_groups]:
+        if reached:
+            break
+        tensors, model = variant(kept + [group])
+        ratio = _latency_ratio(model, int8)
+        if ratio > max_latency_ratio:
+            progress(f"keep-float: {group} would cost {ratio:.2f}x latency (> {max_latency_ratio}); skipped")
+            continue
+        kept.append(group)
+        parity = _parity_of(model, images, reference)
+        steps.append(KeepFloatStep(list(kept), len(tensors), parity["agreement_top1"],
+                                   parity["kl_mean"], len(model), ratio))
+        chosen = tensors
+        progress(f"keep-float: + {group}: agreement {parity['agreement_top1']:.2%}, "
+                 f"KL {parity['kl_mean']:.5f}, {len(model):,} bytes, latency {ratio:.2f}x")
+        reached = parity["agreement_top1"] >= target_agreement
+    return KeepFloatSearch(sensitivity, baseline, steps, chosen, reached)
