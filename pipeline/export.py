@@ -79,7 +79,7 @@ def export_from_flags(flag_values=FLAGS):
         elif convert_cfg.quantize == "none":
             converted = float_model
         else:
-            converted = convert.convert(built, calibration.arrays, convert_cfg)
+            converted = convert.convert(built, calibration.arrays, convert_cfg, float_model.tflite)
     with _timed(timings, "verify"):
         parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
                                thresholds, threads=flag_values["threads"].value,

@@ -135,3 +135,23 @@ def test_gate_catches_per_tensor_weights_and_blank_calibration(tmp_path):
     failed = {case.get("name") for case in ElementTree.parse(junit).getroot().iter("testcase")
               if case.find("failure") is not None}
     assert "agreement_top1" in failed
+
+
+def test_comparison_table_and_sweep_plot():
+    worse = dict(REPORT, agreement_top1=0.9, kl_mean=0.02)
+    table = check.comparison_table([("a", REPORT), ("b", worse)])
+    assert "| a | 70.00% | 69.80% | 96.00% | 0.00800 | 4,000,000 | 1.70 |" in table
+    png = check.sweep_plot([(10, worse), (300, REPORT)], "t")
+    assert png[:4] == b"\x89PNG"
+
+
+def test_calibration_sweep_cli(tmp_path, image_folder):
+    out = tmp_path / "study"
+    result = run_cli("check", "--alpha", "0.35", "--resolution", "96", "--weights", "random",
+                     "--calibration", image_folder, "--sweep-calibration", "4,8", "--output", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    points = json.loads((out / "calibration_sweep.json").read_text())
+    assert [p["calibration_images"] for p in points] == [4, 8]
+    assert (out / "calibration_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    reports = [json.loads((out / "sweep" / str(i) / "report.json").read_text()) for i in (0, 1)]
+    assert [r["calibration"]["used"] for r in reports] == [4, 8]

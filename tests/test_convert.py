@@ -106,3 +106,34 @@ def test_keep_float_unknown_layer_is_refused(small_built, small_calibration):
     calibrated = convert.calibrate_model(small_built, small_calibration.arrays[:4])
     with pytest.raises(PipelineInputError, match="--keep-float block_99_depthwise: no such layer"):
         convert.resolve_keep_float(["block_99_depthwise"], calibrated)
+
+
+def test_litert_quantizer_backend_gives_full_int8(small_built, small_calibration, small_float):
+    cfg = convert.ConvertConfig("int8", backend="litert-quantizer")
+    converted = convert.convert(small_built, small_calibration.arrays[:8], cfg, small_float.tflite)
+    assert converted.input.dtype == "int8" and converted.output.dtype == "int8"
+    assert all(w["weight_dtype"] == "int8" and w["activation_dtype"] == "int8" and w["per_channel"]
+               for w in converted.weighted_ops)
+    assert len(converted.weighted_ops) == 53
+    again = convert.convert(small_built, small_calibration.arrays[:8], cfg, small_float.tflite)
+    assert again.tflite == converted.tflite
+    assert converted.summary()["backend"] == "litert-quantizer"
+
+
+def test_litert_recipe_is_the_packaged_one_with_the_algorithm():
+    recipe = convert.litert_recipe(convert.ConvertConfig("int8", backend="litert-quantizer",
+                                                         algorithm="octav"))
+    assert recipe[0]["algorithm_key"] == "OCTAV"
+    assert recipe[0]["op_config"]["weight_tensor_config"]["granularity"] == "CHANNELWISE"
+    a16 = convert.litert_recipe(convert.ConvertConfig("int16x8", backend="litert-quantizer"))
+    assert a16[0]["op_config"]["activation_tensor_config"]["num_bits"] == 16
+
+
+@pytest.mark.parametrize("cfg, words", [
+    (convert.ConvertConfig("dynamic", backend="litert-quantizer"), "does --quantize int8 or int16x8"),
+    (convert.ConvertConfig("int8", backend="litert-quantizer", io="uint8"), "drop --io uint8"),
+    (convert.ConvertConfig("int8", backend="litert-quantizer", keep_float=("x",)), "need --backend tflite-converter"),
+])
+def test_litert_backend_refuses_what_it_cannot_do(cfg, words):
+    with pytest.raises(PipelineInputError, match=words):
+        convert.check_config(cfg)
