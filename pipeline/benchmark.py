@@ -5,11 +5,17 @@ Median and p90 latency at 1 thread and at all cores, with the runtime `device_ru
 took the graph. The two thread counts are interleaved invoke by invoke so their ratio holds on a
 noisy machine.
 
-    python -m pipeline.benchmark MODEL.tflite [--runs 50]
+The host benchmark (`python -m pipeline.benchmark MODEL.tflite [MORE.tflite ...]`) times several
+models at a sweep of thread counts, XNNPACK on and off, all interleaved in one run, and measures
+each model's peak memory in a process of its own.
+
+    python -m pipeline.benchmark OUT/model.tflite --compare google --threads-sweep 1,2 --output B
 """
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 
 from pipeline import device_runner
 
@@ -47,33 +53,139 @@ def quick_benchmark(model, cfg=BenchmarkConfig()):
     return BenchmarkResult(runtime=name, runtime_version=version, latencies=latencies)
 
 
+GOOGLE_RELEASES = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
+DEFAULT_REFERENCE_DIR = "../shared/reference-models/google"
+
+
+def model_memory(path):
+    """Peak RSS of a fresh process that loads and runs only `path` (device_runner, 3 invokes)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, device_runner.__file__, str(path), "--threads", "1", "--runs", "3",
+               "--warmup", "1"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if completed.returncode != 0:
+        return None
+    memory = json.loads(completed.stdout)["memory"]
+    return {"peak_rss_kb": memory["peak_rss_kb"],
+            "model_rss_kb": memory["peak_rss_kb"] - memory["rss_before_models_kb"]}
+
+
+def host_benchmark(models, threads=(1,), xnnpack_modes=(True,), warmup=5, runs=50, budget_s=None):
+    """Every (model, threads, xnnpack) configuration, interleaved in one run; plus memory."""
+    name, version, module = device_runner.load_runtime()
+    configs = [{"model": str(path), "name": Path(path).name, "threads": t, "xnnpack": x}
+               for path in models for t in threads for x in xnnpack_modes]
+    rows = device_runner.time_configs(module, configs, warmup, runs, budget_s)
+    memory = {Path(path).name: model_memory(path) for path in models}
+    return {"runtime": {"name": name, "version": version}, "device": device_runner.device_facts(),
+            "latency": rows, "memory": memory,
+            "sizes": {Path(path).name: Path(path).stat().st_size for path in models}}
+
+
+def markdown_table(result):
+    rows = result["latency"]
+    first = {}
+    lines = ["| model | threads | XNNPACK | median ms | p90 | p99 | min | first invoke | init | "
+             "× first model | partitions | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        key = (row["threads"], row["xnnpack"])
+        first.setdefault(key, row["median_ms"])
+        memory = result["memory"].get(row["model"]) or {}
+        rss = f"{memory['peak_rss_kb'] / 1024:.0f}" if memory.get("peak_rss_kb") else "—"
+        lines.append(
+            f"| {row['model']} | {row['threads']} | {'on' if row['xnnpack'] else 'off'} | "
+            f"{row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['min_ms']:.2f} | "
+            f"{row['first_invoke_ms']:.1f} | {row['init_ms']:.1f} | {row['median_ms'] / first[key]:.2f} | "
+            f"{row['delegate_partitions']} | {rss} |")
+    return "\n".join(lines) + "\n"
+
+
+def latency_plot(result):
+    """benchmark.png: the latency distribution of every configuration (box plot, log scale)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["latency"]
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5), dpi=100)
+    axis.boxplot([r["times_ms"] for r in rows], showfliers=True)
+    axis.set_xticks(range(1, len(rows) + 1),
+                    [f"{r['model'][:28]}\n{r['threads']}t XNNPACK {'on' if r['xnnpack'] else 'off'}"
+                     for r in rows], rotation=30, ha="right", fontsize=7)
+    axis.set_yscale("log")
+    axis.set_ylabel("latency per invoke (ms)")
+    axis.set_title(f"{result['device'].get('cpu_model', '')} — {result['runtime']['name']} "
+                   f"{result['runtime']['version']}, interleaved")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def define_flags():
     from pipeline.cli import define
 
-    define("integer", "benchmark-runs", 50, "Timed invokes per thread count in the quick benchmark.")
+    define("integer", "benchmark-runs", 50, "Timed invokes per configuration.")
+
+
+def define_host_flags():
+    from pipeline.cli import define
+
+    define_flags()
+    define("list", "threads-sweep", ["1", str(os.cpu_count() or 1)], "Thread counts to time.")
+    define("enum", "xnnpack", "on", ["on", "off", "both"], "XNNPACK delegate on, off, or both.")
+    define("float", "budget-s", None, "Stop the timed loop after this many seconds.")
+    define("list", "compare", [], "Extra models to time beside yours; 'google' = Google's "
+           "MobileNetV2 releases in --reference-dir.")
+    define("string", "reference-dir", DEFAULT_REFERENCE_DIR, "Where Google's .tflite releases are.")
+    define("string", "output", None, "Folder for benchmark.json, benchmark.md, benchmark.png.")
 
 
 def main(argv):
-    import json
-    from pathlib import Path
-
     from absl import flags
 
     from pipeline.errors import PipelineInputError
+    from pipeline.report import check_writable, write_files_atomically
 
-    if len(argv) < 2:
-        raise PipelineInputError("give a model: python -m pipeline.benchmark MODEL.tflite")
-    for path in argv[1:]:
+    values = flags.FLAGS
+    models = list(argv[1:])
+    for item in values["compare"].value:
+        if item == "google":
+            models += [str(Path(values["reference-dir"].value) / name) for name in GOOGLE_RELEASES]
+        else:
+            models.append(item)
+    if not models:
+        raise PipelineInputError("give models: python -m pipeline.benchmark MODEL.tflite [MORE ...]")
+    for path in models:
         if not Path(path).is_file():
             raise PipelineInputError(f"{path}: no such model file")
-        result = quick_benchmark(path, BenchmarkConfig(runs=flags.FLAGS["benchmark-runs"].value))
-        print(json.dumps({"model": path, "runtime": result.runtime,
-                          "runtime_version": result.runtime_version,
-                          "latency": result.latencies}, indent=2))
+    try:
+        threads = [int(t) for t in values["threads-sweep"].value]
+    except ValueError:
+        raise PipelineInputError("--threads-sweep takes counts like 1,2,4") from None
+    out = values["output"].value
+    if out:
+        check_writable(out)
+    modes = {"on": (True,), "off": (False,), "both": (True, False)}[values["xnnpack"].value]
+    result = host_benchmark(models, threads, modes, runs=values["benchmark-runs"].value,
+                            budget_s=values["budget-s"].value)
+    table = markdown_table(result)
+    print(table)
+    if out:
+        write_files_atomically(out, {"benchmark.json": json.dumps(result, indent=2) + "\n",
+                                     "benchmark.md": table,
+                                     "benchmark.png": latency_plot(result)})
 
 
 if __name__ == "__main__":
     from pipeline.cli import run
 
-    define_flags()
+    define_host_flags()
     run(main)

@@ -137,59 +137,98 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values, np.float64), q))
 
 
-def time_invokes(module, model, threads_list, warmup=5, runs=50, xnnpack=True, seed=0):
-    """Latency per thread count, the thread counts interleaved invoke by invoke.
+def _random_input(detail, rng):
+    if np.issubdtype(detail["dtype"], np.integer):
+        info = np.iinfo(detail["dtype"])
+        return rng.randint(info.min, info.max + 1, size=detail["shape"]).astype(detail["dtype"])
+    return rng.uniform(-1, 1, size=detail["shape"]).astype(detail["dtype"])
 
-    `model` is a file path or the model's bytes.
+
+def time_configs(module, configs, warmup=5, runs=50, budget_s=None, seed=0):
+    """Latency of several (model, threads, xnnpack) configurations, interleaved invoke by invoke.
 
     Interleaving makes every configuration see the same machine noise, so their ratios hold on a
-    busy shared host even when the absolute numbers drift.
+    busy shared host even when the absolute numbers drift. Each config is a dict with `model`
+    (a file path or the model's bytes), `threads` and `xnnpack`; each result repeats those keys
+    (model as given by `name`, if present) and adds the timings and how the graph was delegated.
+    `budget_s` stops the timed loop early once that many seconds have passed.
     """
     rng = np.random.RandomState(seed)
-    runners, inputs = [], []
-    for threads in threads_list:
+    states = []
+    for config in configs:
+        model = config["model"]
         start = time.perf_counter()
         if isinstance(model, (bytes, bytearray)):
-            runner = Runner(module, model_content=bytes(model), threads=threads, xnnpack=xnnpack)
+            runner = Runner(module, model_content=bytes(model), threads=config["threads"],
+                            xnnpack=config.get("xnnpack", True))
         else:
-            runner = Runner(module, model_path=model, threads=threads, xnnpack=xnnpack)
+            runner = Runner(module, model_path=model, threads=config["threads"],
+                            xnnpack=config.get("xnnpack", True))
         init_ms = (time.perf_counter() - start) * 1e3
-        detail = runner.input
-        if np.issubdtype(detail["dtype"], np.integer):
-            info = np.iinfo(detail["dtype"])
-            sample = rng.randint(info.min, info.max + 1, size=detail["shape"]).astype(detail["dtype"])
-        else:
-            sample = rng.uniform(-1, 1, size=detail["shape"]).astype(detail["dtype"])
+        sample = _random_input(runner.input, rng)
         start = time.perf_counter()
-        runner.raw(sample)
+        runner.raw(sample)  # the first invoke pays for lazy packing of weights: reported apart
         first_ms = (time.perf_counter() - start) * 1e3
-        runners.append((threads, runner, init_ms, first_ms))
-        inputs.append(sample)
-    samples = {threads: [] for threads in threads_list}
+        states.append({"runner": runner, "sample": sample, "init_ms": init_ms,
+                       "first_ms": first_ms, "times": []})
     for _ in range(warmup):
-        for (threads, runner, _, _), sample in zip(runners, inputs):
-            runner.raw(sample)
+        for state in states:
+            state["runner"].raw(state["sample"])
+    deadline = time.perf_counter() + budget_s if budget_s else None
     for _ in range(runs):
-        for (threads, runner, _, _), sample in zip(runners, inputs):
+        for state in states:
             start = time.perf_counter()
-            runner.raw(sample)
-            samples[threads].append((time.perf_counter() - start) * 1e3)
+            state["runner"].raw(state["sample"])
+            state["times"].append((time.perf_counter() - start) * 1e3)
+        if deadline and time.perf_counter() > deadline:
+            break
     results = []
-    for threads, runner, init_ms, first_ms in runners:
-        times = samples[threads]
+    for config, state in zip(configs, states):
+        times = state["times"]
         result = {
-            "threads": threads,
+            "model": config.get("name", config["model"] if isinstance(config["model"], str) else None),
+            "threads": config["threads"],
+            "xnnpack": config.get("xnnpack", True),
             "runs": len(times),
             "min_ms": min(times),
             "median_ms": percentile(times, 50),
             "p90_ms": percentile(times, 90),
             "p99_ms": percentile(times, 99),
-            "first_invoke_ms": first_ms,
-            "init_ms": init_ms,
+            "first_invoke_ms": state["first_ms"],
+            "init_ms": state["init_ms"],
+            "times_ms": [round(t, 4) for t in times],
         }
-        result.update(delegation(runner.interpreter))
+        result.update(delegation(state["runner"].interpreter))
         results.append(result)
     return results
+
+
+def time_invokes(module, model, threads_list, warmup=5, runs=50, xnnpack=True, seed=0):
+    """Latency of one model per thread count, the thread counts interleaved (see time_configs)."""
+    configs = [{"model": model, "threads": t, "xnnpack": xnnpack} for t in threads_list]
+    results = time_configs(module, configs, warmup, runs, seed=seed)
+    for result in results:
+        del result["times_ms"]
+    return results
+
+
+def peak_rss_kb():
+    """This process's peak resident set size in kB.
+
+    /proc's VmHWM belongs to this program alone; getrusage's ru_maxrss survives fork+exec and would
+    report the parent's peak when a large process (TensorFlow) starts the runner."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def device_facts():
@@ -212,18 +251,24 @@ def device_facts():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    parser.add_argument("models", nargs="+")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--xnnpack", choices=["on", "off", "both"], default="on")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--no-xnnpack", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=None)
     parser.add_argument("--runtime", default=None, help="ai-edge-litert | tflite-runtime | tensorflow")
     args = parser.parse_args(argv)
     name, version, module = load_runtime(args.runtime)
-    latencies = time_invokes(module, args.model, args.threads, args.warmup, args.runs,
-                             xnnpack=not args.no_xnnpack)
+    rss_before = peak_rss_kb()
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.xnnpack]
+    configs = [{"model": m, "name": m, "threads": t, "xnnpack": x}
+               for m in args.models for t in args.threads for x in modes]
+    latencies = time_configs(module, configs, args.warmup, args.runs, args.budget_s)
     json.dump({"runtime": {"name": name, "version": version}, "device": device_facts(),
-               "latency": latencies}, sys.stdout, indent=2)
+               "latency": latencies,
+               "memory": {"rss_before_models_kb": rss_before, "peak_rss_kb": peak_rss_kb()}},
+              sys.stdout, indent=2)
     print()
 
 
