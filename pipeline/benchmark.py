@@ -93,7 +93,7 @@ def markdown_table(result):
     for row in rows:
         key = (row["threads"], row["xnnpack"])
         first.setdefault(key, row["median_ms"])
-        memory = result["memory"].get(row["model"]) or {}
+        memory = result.get("memory", {}).get(row["model"]) or {}
         rss = f"{memory['peak_rss_kb'] / 1024:.0f}" if memory.get("peak_rss_kb") else "—"
         lines.append(
             f"| {row['model']} | {row['threads']} | {'on' if row['xnnpack'] else 'off'} | "
@@ -129,6 +129,49 @@ def latency_plot(result):
     return buffer.getvalue()
 
 
+def _device_benchmark(values, models, threads):
+    from pipeline import remote
+    from pipeline.errors import PipelineInputError
+
+    target = remote.parse_target(values["target"].value, values["ssh-option"].value,
+                                 values["remote-python"].value)
+    if isinstance(target, remote.AdbTarget):
+        if not values["benchmark-binary"].value:
+            raise PipelineInputError("--target adb needs --benchmark-binary: TFLite's benchmark_model "
+                                     "for Android")
+        return remote.adb_benchmark(target, models[0], values["benchmark-binary"].value, threads,
+                                    values["benchmark-runs"].value)
+    library = None
+    if values["delegate"].value == "gpu":
+        library = values["delegate-library"].value
+        if not library:
+            raise PipelineInputError("--delegate gpu needs --delegate-library: the delegate .so's "
+                                     "path on the device")
+    result = remote.remote_benchmark(target, models, threads, values["benchmark-runs"].value,
+                                     xnnpack=values["xnnpack"].value, delegate_library=library)
+    result["memory"] = {}
+    result["sizes"] = {Path(path).name: Path(path).stat().st_size for path in models}
+    return result
+
+
+def device_summary(result):
+    """One line on what ran where, saying plainly when figures are emulated or CPU-only."""
+    device = result.get("device", {})
+    runtime = result.get("runtime", {})
+    parts = [f"{result.get('target', 'host')}: {device.get('machine')} {device.get('cpu_model') or ''}".strip(),
+             f"{runtime.get('name')} {runtime.get('version', '')}".strip()]
+    if device.get("emulated"):
+        parts.append("EMULATED — " + device["emulation"])
+    delegate = runtime.get("delegate")
+    if delegate and delegate.get("requested"):
+        parts.append(f"delegate {delegate['requested']}: {delegate['note']}")
+    if device.get("governor"):
+        parts.append(f"governor {device['governor']}")
+    if device.get("temperature_c") is not None:
+        parts.append(f"{device['temperature_c']:.0f} °C")
+    return "; ".join(parts)
+
+
 def define_flags():
     from pipeline.cli import define
 
@@ -146,6 +189,15 @@ def define_host_flags():
            "MobileNetV2 releases in --reference-dir.")
     define("string", "reference-dir", DEFAULT_REFERENCE_DIR, "Where Google's .tflite releases are.")
     define("string", "output", None, "Folder for benchmark.json, benchmark.md, benchmark.png.")
+    define("string", "benchmark-binary", None,
+           "With --target adb: TFLite's benchmark_model built for Android, pushed and run there.")
+    define("enum", "delegate", "none", ["none", "gpu"],
+           "With an ssh target: gpu loads --delegate-library on the device (a Jetson's GPU "
+           "delegate); the report says plainly whether it loaded.")
+    define("string", "delegate-library", None, "Path ON THE DEVICE of the delegate .so to load.")
+    from pipeline.verify import define_target_flags
+
+    define_target_flags()
 
 
 def main(argv):
@@ -174,9 +226,13 @@ def main(argv):
     if out:
         check_writable(out)
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[values["xnnpack"].value]
-    result = host_benchmark(models, threads, modes, runs=values["benchmark-runs"].value,
-                            budget_s=values["budget-s"].value)
-    table = markdown_table(result)
+    if values["target"].value:
+        result = _device_benchmark(values, models, threads)
+    else:
+        result = host_benchmark(models, threads, modes, runs=values["benchmark-runs"].value,
+                                budget_s=values["budget-s"].value)
+    table = device_summary(result) + "\n\n" + (markdown_table(result) if "memory" in result
+                                                 else json.dumps(result["latency"], indent=2))
     print(table)
     if out:
         write_files_atomically(out, {"benchmark.json": json.dumps(result, indent=2) + "\n",

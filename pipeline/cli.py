@@ -22,6 +22,9 @@ def define(kind, name, default, *args, **kwargs):
     if name in FLAGS:
         return
     getattr(flags, "DEFINE_" + kind)(name, default, *args, **kwargs)
+    # absl's --help lists the main module's key flags only; the stages define theirs through this
+    # helper, so each is declared a key flag of the command being run.
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
 def _terminate_as_interrupt(signum, frame):

@@ -63,8 +63,11 @@ def quiet_native_stderr():
             os.close(saved)
 
 
-def make_interpreter(module, model_path=None, model_content=None, threads=1, xnnpack=True):
+def make_interpreter(module, model_path=None, model_content=None, threads=1, xnnpack=True,
+                     delegates=None):
     kwargs = {"num_threads": threads}
+    if delegates:
+        kwargs["experimental_delegates"] = delegates
     if model_path:
         kwargs["model_path"] = model_path
     else:
@@ -113,8 +116,10 @@ def dequantize_output(q, detail):
 class Runner(object):
     """One interpreter, fed float images one at a time (batch 1 is XNNPACK's fastest path here)."""
 
-    def __init__(self, module, model_path=None, model_content=None, threads=1, xnnpack=True):
-        self.interpreter = make_interpreter(module, model_path, model_content, threads, xnnpack)
+    def __init__(self, module, model_path=None, model_content=None, threads=1, xnnpack=True,
+                 delegates=None):
+        self.interpreter = make_interpreter(module, model_path, model_content, threads, xnnpack,
+                                            delegates)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -158,12 +163,12 @@ def time_configs(module, configs, warmup=5, runs=50, budget_s=None, seed=0):
     for config in configs:
         model = config["model"]
         start = time.perf_counter()
+        options = {"threads": config["threads"], "xnnpack": config.get("xnnpack", True),
+                   "delegates": config.get("delegates")}
         if isinstance(model, (bytes, bytearray)):
-            runner = Runner(module, model_content=bytes(model), threads=config["threads"],
-                            xnnpack=config.get("xnnpack", True))
+            runner = Runner(module, model_content=bytes(model), **options)
         else:
-            runner = Runner(module, model_path=model, threads=config["threads"],
-                            xnnpack=config.get("xnnpack", True))
+            runner = Runner(module, model_path=model, **options)
         init_ms = (time.perf_counter() - start) * 1e3
         sample = _random_input(runner.input, rng)
         start = time.perf_counter()
@@ -212,6 +217,31 @@ def time_invokes(module, model, threads_list, warmup=5, runs=50, xnnpack=True, s
     return results
 
 
+def load_delegate(module, library):
+    """(delegate or None, report): tries a delegate library and says plainly whether it loaded."""
+    if not library:
+        return None, {"requested": None, "loaded": False,
+                      "note": "no delegate requested: CPU (XNNPACK)"}
+    loader = getattr(module, "load_delegate", None) or getattr(
+        getattr(module, "experimental", None), "load_delegate", None)
+    if loader is None:
+        return None, {"requested": library, "loaded": False,
+                      "note": "this runtime cannot load delegates"}
+    import gc
+
+    with quiet_native_stderr():
+        try:
+            delegate = loader(library)
+        except (ValueError, OSError, RuntimeError) as error:
+            failure = str(error).splitlines()[0]
+            delegate = None
+        gc.collect()  # a half-built Delegate complains from __del__; keep that off the output
+    if delegate is None:
+        return None, {"requested": library, "loaded": False,
+                      "note": "NOT loaded (%s): the timings are CPU figures" % failure}
+    return delegate, {"requested": library, "loaded": True, "note": "loaded and applied"}
+
+
 def peak_rss_kb():
     """This process's peak resident set size in kB.
 
@@ -231,22 +261,57 @@ def peak_rss_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
 def device_facts():
+    """Machine, CPU, governor, temperature, and whether this 'device' is really an emulator."""
     facts = {
         "machine": platform.machine(),
         "system": platform.system(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": None,
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "temperature_c": None,
+        "emulated": False,
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu part")):
-                    facts["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith(("model name", "hardware", "cpu part")):
+            facts["cpu_model"] = line.split(":", 1)[1].strip()
+            break
+    temperatures = []
+    for zone in range(16):
+        value = _read("/sys/class/thermal/thermal_zone%d/temp" % zone)
+        if value and value.lstrip("-").isdigit():
+            temperatures.append(int(value) / 1000.0)
+    if temperatures:
+        facts["temperature_c"] = max(temperatures)
+    # qemu-user runs ARM code on an x86 host and leaves the host's /proc/cpuinfo visible: an ARM
+    # machine reporting an x86 vendor is emulated, and its timings mean nothing for real ARM.
+    is_arm = facts["machine"].lower().startswith(("aarch64", "arm"))
+    x86_cpu = any(tag in cpuinfo for tag in ("GenuineIntel", "AuthenticAMD", "vendor_id"))
+    if is_arm and x86_cpu:
+        facts["emulated"] = True
+        facts["emulation"] = "user-mode emulation on an x86 host (qemu-user): timings are not ARM figures"
     return facts
+
+
+def run_inputs(module, model_path, inputs_path, outputs_path, threads=1, xnnpack=True):
+    """Runs the model on every input tensor of an .npy file (already in the model's input dtype)
+    and saves the raw output tensors: what cross-architecture parity compares bit for bit."""
+    runner = Runner(module, model_path=model_path, threads=threads, xnnpack=xnnpack)
+    inputs = np.load(inputs_path)
+    outputs = np.stack([runner.raw(x[None])[0] for x in inputs])
+    np.save(outputs_path, outputs)
+    return {"inputs": int(len(inputs)), "output_dtype": str(outputs.dtype),
+            "delegation": delegation(runner.interpreter)}
 
 
 def main(argv=None):
@@ -258,14 +323,28 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--budget-s", type=float, default=None)
     parser.add_argument("--runtime", default=None, help="ai-edge-litert | tflite-runtime | tensorflow")
+    parser.add_argument("--inputs", default=None,
+                        help="Parity mode: run these input tensors (.npy) instead of timing")
+    parser.add_argument("--outputs", default=None, help="Parity mode: where the outputs (.npy) go")
+    parser.add_argument("--delegate-library", default=None,
+                        help="A TFLite delegate .so to load (e.g. a GPU delegate on a Jetson)")
     args = parser.parse_args(argv)
     name, version, module = load_runtime(args.runtime)
+    runtime = {"name": name, "version": version}
+    if args.inputs:
+        result = run_inputs(module, args.models[0], args.inputs, args.outputs or "outputs.npy",
+                            threads=args.threads[0], xnnpack=args.xnnpack != "off")
+        json.dump({"runtime": runtime, "device": device_facts(), "parity": result}, sys.stdout)
+        print()
+        return
+    delegate, runtime["delegate"] = load_delegate(module, args.delegate_library)
     rss_before = peak_rss_kb()
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.xnnpack]
-    configs = [{"model": m, "name": m, "threads": t, "xnnpack": x}
+    configs = [{"model": m, "name": os.path.basename(m), "threads": t, "xnnpack": x,
+                "delegates": [delegate] if delegate else None}
                for m in args.models for t in args.threads for x in modes]
     latencies = time_configs(module, configs, args.warmup, args.runs, args.budget_s)
-    json.dump({"runtime": {"name": name, "version": version}, "device": device_facts(),
+    json.dump({"runtime": runtime, "device": device_facts(),
                "latency": latencies,
                "memory": {"rss_before_models_kb": rss_before, "peak_rss_kb": peak_rss_kb()}},
               sys.stdout, indent=2)

@@ -330,6 +330,45 @@ def config_from_flags(flag_values):
     return Thresholds(min_agreement=agreement, max_top1_drop=flag_values["max-top1-drop"].value)
 
 
+def cross_arch_parity(target, model_path, paths, spec, max_lsb=0):
+    """Runs the model on `target` and here over the same input tensors; compares raw outputs.
+
+    Both sides use XNNPACK at 1 thread. Returns {"images", "identical", "max_lsb", ...}."""
+    from pipeline import remote
+    from pipeline.device_runner import Runner, load_runtime, quantize_input
+
+    _, _, module = load_runtime()
+    host = Runner(module, model_path=str(model_path), threads=1)
+    loaded = load_images(paths, spec)
+    if not loaded.paths:
+        raise PipelineInputError("none of the parity images could be decoded")
+    inputs = np.stack([quantize_input(x[None], host.input)[0] for x in loaded.arrays])
+    host_outputs = np.stack([host.raw(x[None])[0] for x in inputs])
+    device_outputs, report = remote.remote_outputs(target, model_path, inputs)
+    if device_outputs.shape != host_outputs.shape:
+        raise PipelineInputError(f"the device returned outputs of shape {device_outputs.shape}, "
+                                 f"expected {host_outputs.shape}")
+    difference = np.abs(device_outputs.astype(np.int64) - host_outputs.astype(np.int64)) \
+        if np.issubdtype(host_outputs.dtype, np.integer) else \
+        np.abs(device_outputs.astype(np.float64) - host_outputs.astype(np.float64))
+    per_image = difference.reshape(len(inputs), -1).max(axis=1)
+    identical = int(np.sum(per_image == 0))
+    result = {
+        "target": str(target),
+        "images": int(len(inputs)),
+        "identical": identical,
+        "max_lsb": float(difference.max()),
+        "output_dtype": str(host_outputs.dtype),
+        "top1_agreement": float(np.mean(host_outputs.argmax(-1) == device_outputs.argmax(-1))),
+        "device": report["device"],
+        "device_runtime": report["runtime"],
+        "device_delegation": report["parity"]["delegation"],
+        "max_lsb_allowed": max_lsb,
+    }
+    result["passed"] = result["max_lsb"] <= max_lsb
+    return result
+
+
 def main(argv):
     """Parity of a given .tflite against the float model the build flags describe."""
     import json
@@ -344,6 +383,8 @@ def main(argv):
     path = flag_values["tflite"].value
     if not path or not Path(path).is_file():
         raise PipelineInputError(f"--tflite {path}: no such model file; pass the exported .tflite")
+    if flag_values["target"].value:
+        return _cross_arch_main(flag_values, path)
     directory = flag_values["eval"].value
     if not directory:
         raise PipelineInputError("--eval DIR is required: a folder of images to compare the models on")
@@ -364,11 +405,60 @@ def main(argv):
         raise ParityError("parity check failed (see ✗ above)")
 
 
+def _cross_arch_main(flag_values, path):
+    import json
+    import sys
+
+    from pipeline import remote
+    from pipeline.preprocess import Preprocessing
+
+    directory = flag_values["eval"].value
+    if not directory:
+        raise PipelineInputError("--eval DIR is required: images to run on both machines")
+    target = remote.parse_target(flag_values["target"].value, flag_values["ssh-option"].value,
+                                 flag_values["remote-python"].value)
+    if not isinstance(target, remote.SshTarget):
+        raise PipelineInputError("cross-architecture parity runs over ssh:// targets")
+    folder = calibrate.scan_images(directory)
+    if not folder.files:
+        raise PipelineInputError(f"no images in {directory}")
+    paths = calibrate.sample_files(folder, flag_values["eval-samples"].value or 50,
+                                   flag_values["seed"].value)[0]
+    from pipeline.device_runner import Runner, load_runtime
+
+    _, _, module = load_runtime()
+    resolution = int(Runner(module, model_path=path).input["shape"][1])
+    result = cross_arch_parity(target, path, sorted(paths), Preprocessing(resolution=resolution),
+                               flag_values["max-lsb"].value)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    device = result["device"]
+    mark = "✓" if result["passed"] else "✗"
+    print(f"{mark} {result['identical']}/{result['images']} outputs identical on {device['machine']} "
+          f"({'EMULATED: ' + device['emulation'] if device.get('emulated') else device.get('cpu_model')}); "
+          f"max difference {result['max_lsb']:g} LSB (≤ {result['max_lsb_allowed']:g})", file=sys.stderr)
+    if not result["passed"]:
+        from pipeline.errors import ParityError
+
+        raise ParityError("cross-architecture parity failed")
+
+
+def define_target_flags():
+    from pipeline.cli import define
+
+    define("string", "target", None, "Device: ssh://user@host[:port] (ARM board, Jetson) or adb[:SERIAL].")
+    define("multi_string", "ssh-option", [], "Extra ssh -o option (repeatable), e.g. IdentityFile=~/.ssh/board.")
+    define("string", "remote-python", "python3", "Python on the device (3.8+).")
+
+
 if __name__ == "__main__":
     from pipeline import build
     from pipeline.cli import define, run
 
     build.define_flags()
     define_flags()
+    define_target_flags()
     define("string", "tflite", None, "The .tflite model to compare with the float model.")
+    define("float", "max-lsb", 0, "With --target: the largest output difference (in quantization "
+           "steps) still counted as parity.")
     run(main)
