@@ -37,6 +37,8 @@ def define_flags():
     from pipeline.cli import define
 
     define("string", "output", None, "Output folder (default artifacts/<model-name>/).")
+    define("string", "android-demo", None,
+           "After exporting, check the model's contract and copy it into this Android demo app.")
     define("float", "crop-fraction", 1.0,
            "Center-crop this fraction of the shorter side before resizing (1.0 = whole square).")
 
@@ -142,6 +144,11 @@ def main(argv):
           + f", agreement {parity.agreement_top1:.2%} on {parity.images} images")
     if not parity.passed:
         raise ParityError("parity check failed (see ✗ above); report written to " + str(out_dir))
+    if FLAGS["android-demo"].value:
+        from pipeline import deploy
+
+        assets = deploy.deploy_android(out_dir, FLAGS["android-demo"].value)
+        print(f"✓ copied into {assets}")
 
 
 def _progress(total):

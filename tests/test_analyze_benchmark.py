@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +21,19 @@ def test_structure_is_read_from_the_graph():
     assert result["published"]["macs_ratio"] == pytest.approx(1.0, abs=0.01)  # 300M MACs
 
 
-@pytest.mark.parametrize("alpha, resolution", [
-    (a, r) for (a, r), (macs, _) in sorted(analyze.PUBLISHED.items()) if macs >= 20])
+@pytest.mark.parametrize("alpha, resolution", sorted(analyze.PUBLISHED))
 def test_totals_match_the_published_table(alpha, resolution):
-    published = analyze.analyze(alpha, resolution)["published"]
-    assert published["macs_ratio"] == pytest.approx(1.0, abs=0.03)
+    result = analyze.analyze(alpha, resolution)
+    published = result["published"]
     assert published["params_ratio"] == pytest.approx(1.0, abs=0.03)
+    fc_macs = 1280 * 1000
+    if fc_macs < 0.05 * result["macs"]:
+        assert published["macs_ratio"] == pytest.approx(1.0, abs=0.03)
+    else:
+        # 0.35/96 and 0.5/96: the published whole-million figures scale the 224 totals by the
+        # pixel count, classifier included (0.35: 59M × (96/224)² = 10.8 → "11"); the graph's
+        # classifier costs 1.28M MACs at any resolution. Within 3% once that is allowed for.
+        assert abs(result["macs"] - published["macs_m"] * 1e6) <= fc_macs + 0.03 * result["macs"]
 
 
 def test_layer_macs_of_known_layers():
@@ -73,6 +81,7 @@ def test_device_runner_is_standalone(small_int8, tmp_path):
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
     assert imported <= set(sys.stdlib_module_names) | {"numpy"}, imported
+    ast.parse(source, feature_version=(3, 8))  # no syntax newer than the oldest supported board
     model = tmp_path / "m.tflite"
     model.write_bytes(small_int8.tflite)
     output = subprocess.run([sys.executable, device_runner.__file__, str(model), "--threads", "1",
@@ -98,3 +107,54 @@ def test_benchmark_cli_compares_with_googles_releases(small_int8, tmp_path):
     assert (out / "benchmark.png").exists() and "| ours.tflite |" in (out / "benchmark.md").read_text()
     missing = run_cli("benchmark", tmp_path / "nope.tflite")
     assert missing.returncode == 2 and "no such model file" in missing.stderr
+
+
+PY38 = sorted(Path.home().glob(".pyenv/versions/3.8.*/bin/python"))
+
+
+@pytest.mark.skipif(not PY38, reason="no Python 3.8 interpreter (pyenv) on this machine")
+def test_device_runner_runs_on_python38_with_the_retired_tflite_runtime(small_int8, tmp_path):
+    """A board with an old Python and only tflite-runtime: the runner still works, and reports
+    honestly that this runtime's default delegate did not take the int8 graph."""
+    import subprocess
+
+    env_dir = tmp_path / "py38"
+    subprocess.run([str(PY38[-1]), "-m", "venv", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<2", "tflite-runtime==2.14.0"],
+                   check=True, capture_output=True)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(small_int8.tflite)
+    output = subprocess.run([str(python), device_runner.__file__, str(model), "--threads", "1",
+                             "--runs", "3"], capture_output=True, text=True, check=True).stdout
+    report = json.loads(output)
+    assert report["device"]["python"].startswith("3.8.")
+    assert report["runtime"]["name"] == "tflite-runtime"
+    assert report["latency"][0]["runs"] == 3
+    assert report["latency"][0]["xnnpack_applied"] is False
+
+
+@pytest.mark.bench
+def test_int8_speed_against_float_and_googles_release(tmp_path):
+    """pytest -m bench: our int8 export is no slower than Google's PTQ release (median ratio
+    ≤ 1.02) and ≥ 1.8× faster than float32 at 1 thread, all in one interleaved run."""
+    from tests.conftest import IMAGENETTE, WEIGHTS_DIR
+
+    if not (GOOGLE.is_dir() and WEIGHTS_DIR.is_dir()):
+        pytest.skip("needs ../shared")
+    from pipeline import build, calibrate, convert
+    from pipeline.preprocess import Preprocessing
+
+    built = build.build_model(build.BuildConfig())
+    calibration = calibrate.representative_dataset(
+        calibrate.CalibrationConfig(directory=str(IMAGENETTE / "calib"), samples=300),
+        Preprocessing(resolution=224))
+    ours = tmp_path / "ours_int8.tflite"
+    ours.write_bytes(convert.convert(built, calibration.arrays, convert.ConvertConfig("int8")).tflite)
+    fp32 = tmp_path / "ours_float.tflite"
+    fp32.write_bytes(convert.convert(built, None, convert.ConvertConfig("none")).tflite)
+    result = benchmark.host_benchmark([ours, GOOGLE / "tf2_mobilenet_v2_1.0_224_ptq.tflite", fp32],
+                                      threads=(1,), runs=200)
+    median = {row["model"]: row["median_ms"] for row in result["latency"]}
+    assert median["ours_int8.tflite"] / median["tf2_mobilenet_v2_1.0_224_ptq.tflite"] <= 1.02
+    assert median["ours_float.tflite"] / median["ours_int8.tflite"] >= 1.8
