@@ -115,6 +115,24 @@ def test_gate_catches_per_tensor_weights_and_blank_calibration(tmp_path):
     result = run_cli("check", *REAL96, "--baseline", baseline, "--output", tmp_path / "again")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
+    # A baseline written for another model (MobileNetV2 0.35, random weights) fails on size and
+    # latency, whatever the accuracy does.
+    other = tmp_path / "other_baseline.json"
+    result = run_cli("check", "--alpha", "0.35", "--resolution", "96", "--weights", "random",
+                     "--calibration", IMAGENETTE / "calib", "--calibration-samples", "20",
+                     "--eval-samples", "20", "--eval", IMAGENETTE / "val", "--baseline", other,
+                     "--update-baseline", "--output", tmp_path / "other")
+    assert result.returncode == 0, result.stderr[-2000:]
+    junit = tmp_path / "other.xml"
+    result = run_cli("check", "--report", tmp_path / "again" / "report.json", "--baseline", other,
+                     "--junit", junit)
+    assert result.returncode == 1
+    failed = {case.get("name"): case.find("failure").get("message")
+              for case in ElementTree.parse(junit).getroot().iter("testcase")
+              if case.find("failure") is not None}
+    assert {"size_growth", "latency_growth"} <= set(failed)
+    assert "bytes vs baseline" in failed["size_growth"]
+
     junit = tmp_path / "per_tensor.xml"
     result = run_cli("check", *REAL96, "--granularity", "per-tensor", "--baseline", baseline,
                      "--junit", junit, "--output", tmp_path / "per_tensor")
