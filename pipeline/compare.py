@@ -56,11 +56,9 @@ def activation_memory(model_bytes):
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     graph = model.subgraphs[0]
-    sizes = {np.dtype(np.float32).num: 4}
     itemsize = {schema.TensorType.FLOAT32: 4, schema.TensorType.INT8: 1, schema.TensorType.UINT8: 1,
                 schema.TensorType.INT16: 2, schema.TensorType.INT32: 4, schema.TensorType.FLOAT16: 2,
                 schema.TensorType.INT64: 8, schema.TensorType.BOOL: 1}
-    del sizes
 
     def is_variable(index):
         buffer = model.buffers[graph.tensors[index].buffer]

@@ -135,19 +135,27 @@ def _dtype_name(code):
     return {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}[code].lower()
 
 
-def inspect_tflite(model_bytes):
-    """(ops histogram, weighted-op details) read from the flatbuffer itself."""
+def read_ops(model_bytes):
+    """(model, main graph, [(builtin op name, op)] in execution order) from a .tflite flatbuffer."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
-    ops = collections.Counter()
-    weighted = []
+    ops = []
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        name = op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        ops.append((op_names[max(code.builtinCode, code.deprecatedBuiltinCode)], op))
+    return model, graph, ops
+
+
+def inspect_tflite(model_bytes):
+    """(ops histogram, weighted-op details) read from the flatbuffer itself."""
+    _, graph, named_ops = read_ops(model_bytes)
+    ops = collections.Counter()
+    weighted = []
+    for name, op in named_ops:
         activation = graph.tensors[op.inputs[0]]
         ops[f"{name}[{_dtype_name(activation.type)}]"] += 1
         if name in WEIGHTED_OPS:
@@ -251,16 +259,9 @@ def convert_calibrated(calibrated, cfg):
 
 def quantizable_tensors(calibrated):
     """[(op name, output tensor name)] of the ops a keep-float list can name, in execution order."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    graph = model.subgraphs[0]
+    _, graph, named_ops = read_ops(calibrated)
     found = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        name = op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+    for name, op in named_ops:
         if name in ("QUANTIZE", "DEQUANTIZE"):
             continue
         tensor = graph.tensors[op.outputs[0]].name

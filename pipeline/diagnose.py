@@ -75,15 +75,12 @@ def _snr_db(float_tensor, quant_tensor, scale, zero_point):
 def weight_range_ratios(float_tflite):
     """Per conv op in execution order: (op, max/median per-output-channel weight range, channels)."""
     from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_tflite))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    graph = model.subgraphs[0]
+    from pipeline.convert import read_ops
+
+    model, graph, named_ops = read_ops(float_tflite)
     ratios = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+    for name, op in named_ops:
         if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             continue
         tensor = graph.tensors[op.inputs[1]]
