@@ -42,6 +42,8 @@ class ConvertConfig:
     keep_float: tuple = ()  # op output tensor names left in float (selective quantization)
     backend: str = "tflite-converter"  # or "litert-quantizer"
     algorithm: str = "min-max"  # litert-quantizer: min-max | mse | octav
+    ranges: str = "minmax"  # activation ranges: calibrated min/max, or "percentile" clipping
+    percentile: float = 99.99
 
     def io_type(self):
         if self.io != "auto":
@@ -87,6 +89,8 @@ class ConvertedModel:
             "backend": self.config.backend,
             "algorithm": self.config.algorithm if self.config.backend == "litert-quantizer" else None,
             "keep_float": list(self.config.keep_float),
+            "activation_ranges": (self.config.ranges if self.config.ranges == "minmax"
+                                  else f"percentile {self.config.percentile}"),
             "size_bytes": self.size_bytes,
             "ops": self.ops,
             "weighted_ops": summarize_weighted_ops(self.weighted_ops),
@@ -112,10 +116,16 @@ def check_config(cfg):
         if io_type not in (expected, "auto") and not (cfg.quantize == "int16x8" and io_type == "float32"):
             raise PipelineInputError(f"--backend litert-quantizer keeps the model's {expected} "
                                      f"input and output: drop --io {io_type}")
-        if cfg.keep_float or not cfg.per_channel:
-            raise PipelineInputError("--keep-float and --granularity per-tensor need --backend "
-                                     "tflite-converter")
+        if cfg.keep_float or not cfg.per_channel or cfg.ranges != "minmax":
+            raise PipelineInputError("--keep-float, --activation-ranges percentile and --granularity "
+                                     "per-tensor need --backend tflite-converter")
         return
+    if cfg.ranges not in ("minmax", "percentile"):
+        raise PipelineInputError(f"--activation-ranges {cfg.ranges} is unknown: use minmax or percentile")
+    if cfg.ranges == "percentile" and not 90 < cfg.percentile <= 100:
+        raise PipelineInputError(f"--range-percentile {cfg.percentile} must be in (90, 100], e.g. 99.99")
+    if cfg.ranges == "percentile" and cfg.quantize != "int8":
+        raise PipelineInputError(f"--activation-ranges percentile works with --quantize int8, not {cfg.quantize}")
     if cfg.keep_float and cfg.quantize != "int8":
         raise PipelineInputError(f"--keep-float works with --quantize int8, not {cfg.quantize}")
     allowed = {
@@ -235,6 +245,62 @@ def calibrate_model(built, calibration_arrays, per_channel=True):
         return converter.convert()
 
 
+def clip_ranges(calibrated, calibration_arrays, percentile, images=150, samples=4000, seed=0):
+    """Replaces each activation's calibrated min/max with the given percentiles of its values.
+
+    Min/max lets one extreme pixel set a tensor's range: MobileNetV2's ReLU6 outputs calibrate to
+    [0, 6] while most values are a few hundredths, so the int8 step drowns them. Measured at 224
+    (all 3,925 val images): percentile 99.99 lifts agreement 96.05% → 96.82% and cuts KL 0.0078 →
+    0.0052 at no latency cost; 99.9 clips too much (90.6%). Values are sampled (seeded) from
+    `images` calibration images, `samples` per tensor per image, plus each image's extremes.
+    """
+    import warnings
+
+    import numpy as np
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from pipeline.device_runner import load_runtime
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    stat_tensors = [i for i, t in enumerate(graph.tensors)
+                    if t.quantization is not None and t.quantization.min is not None
+                    and len(t.quantization.min) == 1]
+    _, _, module = load_runtime()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is, here
+        interpreter = module.Interpreter(model_content=calibrated, num_threads=os.cpu_count() or 1,
+                                         experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    input_index = interpreter.get_input_details()[0]["index"]
+    rng = np.random.default_rng(seed)
+    values = {i: [] for i in stat_tensors}
+    for array in calibration_arrays[:images]:
+        interpreter.set_tensor(input_index, np.asarray(array, np.float32)[None])
+        interpreter.invoke()
+        for i in stat_tensors:
+            tensor = interpreter.get_tensor(i).ravel()
+            values[i].append(tensor[rng.integers(0, tensor.size, min(tensor.size, samples))])
+            values[i].append(np.array([tensor.min(), tensor.max()], tensor.dtype))
+    for i in stat_tensors:
+        quantization = graph.tensors[i].quantization
+        seen = np.concatenate(values[i])
+        low = float(np.percentile(seen, 100 - percentile))
+        high = float(np.percentile(seen, percentile))
+        # Keep 0 representable for ranges that held it (ReLU outputs, zero padding).
+        quantization.min = [min(low, 0.0) if quantization.min[0] <= 0 else low]
+        quantization.max = [max(high, quantization.min[0] + 1e-6)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def calibrated_for(built, calibration_arrays, cfg):
+    """The calibrated model `cfg` asks for: min/max, or percentile-clipped ranges."""
+    calibrated = calibrate_model(built, calibration_arrays, cfg.per_channel)
+    if cfg.ranges == "percentile":
+        calibrated = clip_ranges(calibrated, calibration_arrays, cfg.percentile)
+    return calibrated
+
+
 def quantize_calibrated(calibrated, cfg):
     """int8 model from a calibrated one, with `cfg.keep_float` op outputs left in float."""
     from tensorflow.lite.python import convert as tf_convert
@@ -270,19 +336,23 @@ def quantizable_tensors(calibrated):
 
 
 def resolve_keep_float(names, calibrated):
-    """Layer names (block_3_depthwise_relu) or tensor names → op output tensor names."""
-    from pipeline.diagnose import layer_name
+    """Block names (block_3, Conv1), layer names (block_3_depthwise_relu) or tensor names → op
+    output tensor names."""
+    from pipeline.diagnose import layer_group, layer_name
 
     tensors = [t for _, t in quantizable_tensors(calibrated)]
-    by_layer = {}
+    by_layer, by_group = {}, {}
     for tensor in tensors:
         by_layer.setdefault(layer_name(tensor), tensor)
+        by_group.setdefault(layer_group(tensor), []).append(tensor)
     resolved = []
     for name in names:
         if name in tensors:
             resolved.append(name)
         elif name in by_layer:
             resolved.append(by_layer[name])
+        elif name in by_group:
+            resolved.extend(by_group[name])
         else:
             examples = ", ".join(list(by_layer)[:4])
             raise PipelineInputError(
@@ -351,12 +421,10 @@ def convert(built, calibration_arrays, cfg, float_tflite=None):
         if float_tflite is None:
             float_tflite = convert(built, None, ConvertConfig("none")).tflite
         return _converted(litert_quantize(float_tflite, calibration_arrays, cfg), cfg)
-    if cfg.keep_float:
+    if cfg.keep_float or cfg.ranges == "percentile":
         if calibration_arrays is None or len(calibration_arrays) == 0:
-            raise PipelineInputError("--keep-float needs calibration images")
-        model_bytes = quantize_calibrated(calibrate_model(built, calibration_arrays, cfg.per_channel),
-                                          cfg)
-        return _converted(model_bytes, cfg)
+            raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
+        return convert_calibrated(calibrated_for(built, calibration_arrays, cfg), cfg)
     converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
     needs_calibration = cfg.quantize in ("int8", "int16x8")
     if cfg.quantize != "none":
@@ -423,6 +491,9 @@ def define_flags():
            "Quantizer: TensorFlow's TFLiteConverter, or Google's LiteRT Quantizer (ai-edge-quantizer).")
     define("enum", "algorithm", "min-max", list(LITERT_ALGORITHMS),
            "LiteRT Quantizer weight-range algorithm (activations: absolute min-max).")
+    define("enum", "activation-ranges", "minmax", ["minmax", "percentile"],
+           "int8 activation ranges: calibrated min/max, or clipped at --range-percentile.")
+    define("float", "range-percentile", 99.99, "With --activation-ranges percentile: where to clip.")
     define("enum", "granularity", "per-channel", ["per-channel", "per-tensor"], "Weight quantization granularity for int8 (per-tensor breaks MobileNetV2; kept to show it).")
 
 
@@ -433,6 +504,8 @@ def config_from_flags(flag_values):
         per_channel=flag_values["granularity"].value == "per-channel",
         backend=flag_values["backend"].value,
         algorithm=flag_values["algorithm"].value,
+        ranges=flag_values["activation-ranges"].value,
+        percentile=flag_values["range-percentile"].value,
     )
 
 

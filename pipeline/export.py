@@ -107,7 +107,7 @@ def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_mo
 
     if convert_cfg.quantize != "int8":
         raise PipelineInputError(f"--keep-float works with --quantize int8, not {convert_cfg.quantize}")
-    calibrated = convert.calibrate_model(built, calibration.arrays, convert_cfg.per_channel)
+    calibrated = convert.calibrated_for(built, calibration.arrays, convert_cfg)
     names = [n.strip() for n in flag_values["keep-float"].value.split(",") if n.strip()]
     if names != ["auto"]:
         keep = convert.resolve_keep_float(names, calibrated)

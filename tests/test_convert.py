@@ -133,7 +133,40 @@ def test_litert_recipe_is_the_packaged_one_with_the_algorithm():
     (convert.ConvertConfig("dynamic", backend="litert-quantizer"), "does --quantize int8 or int16x8"),
     (convert.ConvertConfig("int8", backend="litert-quantizer", io="uint8"), "drop --io uint8"),
     (convert.ConvertConfig("int8", backend="litert-quantizer", keep_float=("x",)), "need --backend tflite-converter"),
+    (convert.ConvertConfig("int8", ranges="percentile", percentile=80), "must be in \\(90, 100\\]"),
+    (convert.ConvertConfig("dynamic", ranges="percentile"), "works with --quantize int8"),
 ])
 def test_litert_backend_refuses_what_it_cannot_do(cfg, words):
     with pytest.raises(PipelineInputError, match=words):
         convert.check_config(cfg)
+
+
+def test_percentile_ranges_narrow_activation_ranges(small_built, small_calibration):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    calibrated = convert.calibrate_model(small_built, small_calibration.arrays)
+    clipped = convert.clip_ranges(calibrated, small_calibration.arrays, 99.0)
+    assert clipped == convert.clip_ranges(calibrated, small_calibration.arrays, 99.0)  # seeded
+
+    def ranges(model_bytes):
+        graph = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes)).subgraphs[0]
+        return {i: (t.quantization.min[0], t.quantization.max[0]) for i, t in enumerate(graph.tensors)
+                if t.quantization is not None and t.quantization.min is not None
+                and len(t.quantization.min) == 1}
+
+    before, after = ranges(calibrated), ranges(clipped)
+    assert before.keys() == after.keys() and len(before) > 50
+    assert all(after[i][0] >= before[i][0] - 1e-6 and after[i][1] <= before[i][1] + 1e-6 for i in before)
+    assert sum(after[i][1] < before[i][1] for i in before) > len(before) // 2
+    cfg = convert.ConvertConfig("int8", ranges="percentile", percentile=99.0)
+    converted = convert.convert(small_built, small_calibration.arrays, cfg)
+    assert converted.input.dtype == "uint8"
+    assert all(w["activation_dtype"] == "int8" for w in converted.weighted_ops)
+    assert converted.summary()["activation_ranges"] == "percentile 99.0"
+
+
+def test_keep_float_takes_whole_blocks(small_built, small_calibration):
+    calibrated = convert.calibrate_model(small_built, small_calibration.arrays[:4])
+    keep = convert.resolve_keep_float(["block_16"], calibrated)
+    # expand conv, depthwise, projection: the whole inverted-residual block.
+    assert len(keep) == 3 and all("block_16" in t for t in keep)
