@@ -64,6 +64,8 @@ def _elements(shape):
 
 def block_table(model):
     """BlockRows in graph order, grouped by the layer-name prefixes Keras' MobileNetV2 uses."""
+    import keras
+
     groups = {}
     order = []
     for layer in model.layers:
@@ -75,7 +77,7 @@ def block_table(model):
             key = "stem"
         elif name.startswith(("Conv_1", "out_relu")):
             key = "conv_1x1"
-        elif isinstance(layer, (__import__("keras").layers.GlobalAveragePooling2D,)):
+        elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
             key = "avgpool"
         elif name in ("predictions", "predictions_logits") or "Dense" in type(layer).__name__:
             key = "classifier"

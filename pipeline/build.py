@@ -190,8 +190,6 @@ def _recorded_input_size(path):
 
 
 def _load_weights_file(cfg):
-    import keras
-
     path = Path(cfg.weights)
     if not path.is_file():
         raise PipelineInputError(

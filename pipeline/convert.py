@@ -213,7 +213,7 @@ def _tf_dtype(name):
     return {"uint8": tf.uint8, "int8": tf.int8, "int16": tf.int16, "float32": tf.float32}[name]
 
 
-def _int8_converter(built, calibration_arrays, per_channel):
+def calibrating_converter(built, calibration_arrays, per_channel):
     import numpy as np
     import tensorflow as tf
 
@@ -236,7 +236,7 @@ def calibrate_model(built, calibration_arrays, per_channel=True):
 
     from pipeline.device_runner import quiet_native_stderr
 
-    converter = _int8_converter(built, calibration_arrays, per_channel)
+    converter = calibrating_converter(built, calibration_arrays, per_channel)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_mlir_quantizer = True
@@ -411,7 +411,6 @@ def convert(built, calibration_arrays, cfg, float_tflite=None):
     """Converts a BuiltModel. `calibration_arrays` (float32 NHWC) is used by int8 and int16x8.
 
     The litert-quantizer backend starts from the float .tflite (`float_tflite`, made if absent)."""
-    import numpy as np
     import tensorflow as tf
 
     check_config(cfg)
@@ -425,36 +424,24 @@ def convert(built, calibration_arrays, cfg, float_tflite=None):
         if calibration_arrays is None or len(calibration_arrays) == 0:
             raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
         return convert_calibrated(calibrated_for(built, calibration_arrays, cfg), cfg)
-    converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
     needs_calibration = cfg.quantize in ("int8", "int16x8")
-    if cfg.quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if cfg.quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
     if needs_calibration:
         if calibration_arrays is None or len(calibration_arrays) == 0:
             raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
-
-        def representative_dataset():
-            for array in calibration_arrays:
-                yield [np.asarray(array, np.float32)[None]]
-
-        converter.representative_dataset = representative_dataset
-        if cfg.quantize == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        else:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
-        io_type = {"uint8": tf.uint8, "int8": tf.int8, "int16": tf.int16, "float32": tf.float32}[
-            cfg.io_type()
-        ]
-        converter.inference_input_type = io_type
-        converter.inference_output_type = io_type
-        if not cfg.per_channel:
-            # Per-tensor weights: one scale per conv kernel. Kept as an option because it shows
-            # why MobileNetV2 needs per-channel (depthwise channel ranges differ 30x+).
-            converter._experimental_disable_per_channel = True
+        # Per-tensor weights (cfg.per_channel False) are kept as an option because they show why
+        # MobileNetV2 needs per-channel: depthwise channel ranges differ 30x+.
+        converter = calibrating_converter(built, calibration_arrays, cfg.per_channel)
+        converter.target_spec.supported_ops = (
+            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if cfg.quantize == "int8"
+            else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8])
+        converter.inference_input_type = _tf_dtype(cfg.io_type())
+        converter.inference_output_type = _tf_dtype(cfg.io_type())
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
+        if cfg.quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if cfg.quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
     # The converter prints the SavedModel it writes internally and its calibration settings to
     # stdout; the user needs neither.
     from pipeline.device_runner import quiet_native_stderr

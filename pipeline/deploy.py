@@ -35,7 +35,7 @@ def check_contract(artifact_dir):
         files[name] = path.read_bytes()
     try:
         config = json.loads(files["model_config.json"])
-        input_spec, output_spec = config["input"], config["output"]
+        input_spec, _ = config["input"], config["output"]  # both must be there
     except (ValueError, KeyError) as error:
         raise PipelineInputError(f"{artifact_dir / 'model_config.json'} is not a pipeline config "
                                  f"({error}): re-export the model") from None

@@ -16,7 +16,6 @@ import dataclasses
 import io
 import json
 import re
-import sys
 
 import numpy as np
 
@@ -98,28 +97,21 @@ def weight_range_ratios(float_tflite):
     return ratios
 
 
-def make_debugger(built, calibration_arrays, debug_arrays, per_channel=True, keep_float=()):
-    """A QuantizationDebugger calibrated once; `get_nondebug_quantized_model()` then re-quantizes
-    with `options.denylisted_nodes` kept float in ~0.2 s, which makes layer search affordable."""
+def make_debugger(built, calibration_arrays, debug_arrays, per_channel=True):
+    """A QuantizationDebugger over the same int8 converter the convert stage uses."""
     import contextlib
 
     import tensorflow as tf
 
+    from pipeline.convert import calibrating_converter
     from pipeline.device_runner import quiet_native_stderr
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([np.asarray(a, np.float32)[None]]
-                                                 for a in calibration_arrays)
+    converter = calibrating_converter(built, calibration_arrays, per_channel)
     # Float fallback must be allowed for kept-float layers; the rest stays int8.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
-    if not per_channel:
-        converter._experimental_disable_per_channel = True
     options = tf.lite.experimental.QuantizationDebugOptions(
-        layer_direct_compare_metrics={"snr_db": _snr_db},
-        denylisted_nodes=list(keep_float),
-    )
+        layer_direct_compare_metrics={"snr_db": _snr_db})
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter,

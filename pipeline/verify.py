@@ -38,7 +38,6 @@ class EvalSet:
     paths: list
     labels: list  # output index per image, or None when unlabelled
     source: str  # what the images are, for the report
-    class_names: list  # true class name per image, or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +104,17 @@ def label_index(class_names, built):
     return mapping, sorted(n for n, i in mapping.items() if i is None)
 
 
+def _labels(folder, paths, built):
+    """(output index of each path's class, unknown class names); (None, []) when unlabelled."""
+    if not folder.labelled:
+        return None, []
+    mapping, unknown = label_index(folder.class_names, built)
+    if unknown:
+        return None, unknown
+    classes = dict(zip(folder.files, folder.classes))
+    return [mapping[classes[p]] for p in paths], []
+
+
 def eval_set_from_folder(directory, built, samples=None, seed=0):
     folder = calibrate.scan_images(directory)
     if not folder.files:
@@ -116,18 +126,14 @@ def eval_set_from_folder(directory, built, samples=None, seed=0):
     if samples:
         paths, _ = calibrate.sample_files(folder, samples, seed)
         paths.sort()
-    classes = dict(zip(folder.files, folder.classes))
-    if not folder.labelled:
-        return EvalSet(paths, None, f"{directory} (unlabelled)", None)
-    mapping, unknown = label_index(folder.class_names, built)
+    labels, unknown = _labels(folder, paths, built)
     if unknown:
         raise PipelineInputError(
             f"evaluation folder {directory} has classes that are not model labels "
             f"({', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}): name the sub-folders "
             "after labels.txt entries or ImageNet synsets (n01440764), or pass --labels"
         )
-    names = [classes[p] for p in paths]
-    return EvalSet(paths, [mapping[n] for n in names], str(directory), names)
+    return EvalSet(paths, labels, str(directory) if folder.labelled else f"{directory} (unlabelled)")
 
 
 def eval_set_from_held_out(calibration, built):
@@ -138,13 +144,9 @@ def eval_set_from_held_out(calibration, built):
         # Everything was used to calibrate: measure in-sample rather than not at all, and say so.
         paths = sorted(calibration.used)
         source = f"{calibration.folder.root} (IN-SAMPLE: every image was used for calibration)"
-    if calibration.folder.labelled:
-        mapping, unknown = label_index(calibration.folder.class_names, built)
-        if not unknown:
-            classes = dict(zip(calibration.folder.files, calibration.folder.classes))
-            names = [classes[p] for p in paths]
-            return EvalSet(paths, [mapping[n] for n in names], source, names)
-    return EvalSet(paths, None, source, None)
+    # Class folders that are not model labels just make this parity label-free.
+    labels, _ = _labels(calibration.folder, paths, built)
+    return EvalSet(paths, labels, source)
 
 
 def log_softmax(logits):
@@ -276,7 +278,7 @@ def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(),
     if not kept:
         raise PipelineInputError(f"none of the evaluation images could be decoded ({eval_set.source})")
     reference, candidate = np.concatenate(reference), np.concatenate(candidate)
-    kept_set = EvalSet(kept, labels if label_of is not None else None, eval_set.source, None)
+    kept_set = EvalSet(kept, labels if label_of is not None else None, eval_set.source)
     metrics = compare_outputs(reference, candidate, kept_set.labels)
     return ParityResult(
         images=len(kept),

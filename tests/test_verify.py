@@ -70,7 +70,7 @@ def test_flat_eval_folder_is_label_free(small_built, tmp_path):
 
 def test_float_against_itself_is_exact_and_matches_keras(small_built, small_float, image_folder):
     folder = calibrate.scan_images(image_folder)
-    eval_set = verify.EvalSet(folder.files, None, "test", None)
+    eval_set = verify.EvalSet(folder.files, None, "test")
     result = verify.verify(small_built, small_float.tflite, small_float.tflite, eval_set,
                            Preprocessing(resolution=96), verify.Thresholds(min_agreement=1.0))
     assert result.images == len(folder.files)
@@ -123,7 +123,7 @@ def test_thresholds_fail_when_parity_is_worse(imagenet96):
 
 def test_every_quantization_mode_has_the_parity_and_size_it_should(imagenet96):
     built, spec, int8, float_model, eval_set = imagenet96
-    subset = verify.EvalSet(eval_set.paths[:100], eval_set.labels[:100], "subset", None)
+    subset = verify.EvalSet(eval_set.paths[:100], eval_set.labels[:100], "subset")
     calibration = calibrate.representative_dataset(
         calibrate.CalibrationConfig(directory=str(IMAGENETTE / "calib"), samples=50), spec)
     results = {}
