@@ -128,7 +128,12 @@ def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_mo
         progress=lambda line: print(line, file=sys.stderr, flush=True))
     converted = convert.convert_calibrated(
         calibrated, dataclasses.replace(convert_cfg, keep_float=search.chosen))
-    return converted, {"mode": "auto", **search.to_json()}
+    found = search.to_json()
+    if found["pin"]:
+        # The search measures latency, which a busy machine makes noisy: CI should pin its result.
+        print(f"keep-float: chose {', '.join(search.chosen_groups)}; to reproduce without "
+              f"searching: {found['pin']}", file=sys.stderr, flush=True)
+    return converted, {"mode": "auto", **found}
 
 
 def main(argv):

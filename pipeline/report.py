@@ -194,7 +194,11 @@ def render_markdown(report):
     keep = report.get("keep_float")
     if keep and keep["mode"] == "auto":
         lines += ["", "## Kept in float (--keep-float auto)", "",
-                  f"Searched on held-out calibration images; target reached: {keep['reached']}.", "",
+                  f"Searched on held-out calibration images; target reached with 95% confidence: "
+                  f"{keep['reached']}. Most harmful per MAC: "
+                  + ", ".join(s["group"] for s in keep["sensitivity"][:8])
+                  + f"; kept order: {keep['order']}."
+                  + (f" Pin it: `{keep['pin']}`." if keep.get("pin") else ""), "",
                   "| blocks in float | agreement | KL | size bytes | latency × int8 |", "|---|---|---|---|---|"]
         base = keep["baseline"]
         lines.append(f"| none | {_pct(base['agreement_top1'])} | {base['kl_mean']:.5f} | "
