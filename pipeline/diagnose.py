@@ -349,16 +349,17 @@ def _parity_of(model_bytes, images, reference):
     return compare_outputs(reference, Runner(module, model_content=model_bytes, threads=2)(images))
 
 
-def _latency_ratio(candidate, baseline, rounds=3, runs=30):
-    from pipeline.device_runner import load_runtime, time_invokes
+def _latency_ratio(candidate, baseline, runs=100):
+    """1-thread median latency of `candidate` over `baseline`, the two timed invoke by invoke.
+
+    Timing each model in its own block of runs let drift between the blocks in: at 224 it put a
+    1.24x model at 1.30x."""
+    from pipeline.device_runner import load_runtime, time_configs
 
     _, _, module = load_runtime()
-    ratios = []
-    for _ in range(rounds):  # interleaved rounds: both models see the same machine noise
-        base = time_invokes(module, baseline, (1,), warmup=3, runs=runs)[0]["median_ms"]
-        cand = time_invokes(module, candidate, (1,), warmup=3, runs=runs)[0]["median_ms"]
-        ratios.append(cand / base)
-    return float(np.median(ratios))
+    base, cand = time_configs(module, [{"model": baseline, "threads": 1},
+                                       {"model": candidate, "threads": 1}], warmup=10, runs=runs)
+    return cand["median_ms"] / base["median_ms"]
 
 
 def search_keep_float(calibrated, cfg, float_tflite, images, target_agreement,
