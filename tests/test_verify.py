@@ -131,6 +131,10 @@ def test_every_quantization_mode_has_the_parity_and_size_it_should(imagenet96):
         converted = convert.convert(built, calibration.arrays, convert.ConvertConfig(mode))
         parity = verify.verify(built, float_model.tflite, converted.tflite, subset, spec)
         results[mode] = (converted.size_bytes / float_model.size_bytes, parity)
+        if mode == "int16x8":
+            assert converted.input.dtype == "float32"
+            assert all(w["activation_dtype"] == "int16" and w["weight_dtype"] == "int8"
+                       for w in converted.weighted_ops)
     int8_parity = verify.verify(built, float_model.tflite, int8.tflite, subset, spec)
     assert results["none"][1].agreement_top1 == 1.0 and results["none"][0] == 1.0
     assert 0.45 < results["float16"][0] < 0.55 and results["float16"][1].kl_mean < int8_parity.kl_mean / 5
