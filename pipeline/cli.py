@@ -27,9 +27,15 @@ def define(kind, name, default, *args, **kwargs):
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
+_SIGNALLED = []
+
+
 def _terminate_as_interrupt(signum, frame):
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so that staged outputs are cleaned up and
-    # previous artifacts stay untouched.
+    # SIGTERM (a CI timeout, `kill`) and Ctrl-C unwind so that staged outputs are cleaned up and
+    # previous artifacts stay untouched. Remembered, because an interrupt that lands inside
+    # TensorFlow's function tracing can surface as another error (seen: TypeError from Keras' call
+    # context) and must still read as an interruption.
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -51,6 +57,7 @@ def run(main):
 
     def guarded(argv):
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        signal.signal(signal.SIGINT, _terminate_as_interrupt)
         logging.set_verbosity(logging.WARNING)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"tensorflow|keras")
         try:
@@ -59,6 +66,11 @@ def run(main):
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
+        except Exception:
+            if not _SIGNALLED:
+                raise
+            print("interrupted: previous artifacts left as they were", file=sys.stderr)
+            sys.exit(130)
         except KeyboardInterrupt:
             print("interrupted: previous artifacts left as they were", file=sys.stderr)
             sys.exit(130)
