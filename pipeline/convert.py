@@ -255,8 +255,9 @@ def clip_ranges(calibrated, calibration_arrays, percentile, images=150, samples=
     `images` calibration images, `samples` per tensor per image, plus each image's extremes.
 
     The model's outputs keep their min/max: the top logits are exactly the extremes a percentile
-    cuts off, and clipping them ties the leading classes at the range's end (measured at 224:
-    agreement 96.82% with clipped logits, 96.97% without).
+    cuts off, and clipping them ties the leading classes at the range's end. Measured at 224, the
+    effect is within the ±0.3 pt scatter between equally good models: 96.82% with clipped logits;
+    96.97% (same samples) and 96.71% (re-drawn samples) without, KL 0.0052 → 0.0049–0.0051.
     """
     import warnings
 
