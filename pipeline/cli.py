@@ -66,12 +66,9 @@ def run(main):
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
-        except Exception:
-            if not _SIGNALLED:
+        except (KeyboardInterrupt, Exception) as error:
+            if not (_SIGNALLED or isinstance(error, KeyboardInterrupt)):
                 raise
-            print("interrupted: previous artifacts left as they were", file=sys.stderr)
-            sys.exit(130)
-        except KeyboardInterrupt:
             print("interrupted: previous artifacts left as they were", file=sys.stderr)
             sys.exit(130)
 

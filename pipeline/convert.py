@@ -328,15 +328,32 @@ def convert_calibrated(calibrated, cfg):
     return _converted(quantize_calibrated(calibrated, cfg), cfg)
 
 
+def op_macs(graph, name, op):
+    """Multiply-accumulates of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op (batch 1), else 0."""
+    import numpy as np
+
+    if name not in WEIGHTED_OPS:
+        return 0
+    out = int(np.prod(graph.tensors[op.outputs[0]].shape))
+    weight_shape = [int(d) for d in graph.tensors[op.inputs[1]].shape]
+    if name == "CONV_2D":  # weights [out_ch, kh, kw, in_ch]
+        return out * int(np.prod(weight_shape[1:]))
+    if name == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, channels]
+        return out * weight_shape[1] * weight_shape[2]
+    return int(np.prod(weight_shape))  # FULLY_CONNECTED: weights [out, in]
+
+
 def quantizable_tensors(calibrated):
-    """[(op name, output tensor name)] of the ops a keep-float list can name, in execution order."""
+    """[(op name, output tensor name, MACs)] of the ops a keep-float list can name, in execution
+    order."""
     _, graph, named_ops = read_ops(calibrated)
     found = []
     for name, op in named_ops:
         if name in ("QUANTIZE", "DEQUANTIZE"):
             continue
         tensor = graph.tensors[op.outputs[0]].name
-        found.append((name, tensor.decode() if isinstance(tensor, bytes) else tensor))
+        found.append((name, tensor.decode() if isinstance(tensor, bytes) else tensor,
+                      op_macs(graph, name, op)))
     return found
 
 
@@ -345,7 +362,7 @@ def resolve_keep_float(names, calibrated):
     output tensor names."""
     from pipeline.diagnose import layer_group, layer_name
 
-    tensors = [t for _, t in quantizable_tensors(calibrated)]
+    tensors = [t for _, t, _ in quantizable_tensors(calibrated)]
     by_layer, by_group = {}, {}
     for tensor in tensors:
         by_layer.setdefault(layer_name(tensor), tensor)

@@ -318,19 +318,6 @@ def layer_group(tensor_name):
     return match.group(1) if match else name
 
 
-def op_macs(graph, name, op):
-    """Multiply-accumulates of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op (batch 1)."""
-    out = int(np.prod(graph.tensors[op.outputs[0]].shape))
-    weight_shape = list(graph.tensors[op.inputs[1]].shape) if len(op.inputs) > 1 else []
-    if name == "CONV_2D":  # weights [out_ch, kh, kw, in_ch]
-        return out * int(np.prod(weight_shape[1:]))
-    if name == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, channels]
-        return out * int(weight_shape[1]) * int(weight_shape[2])
-    if name == "FULLY_CONNECTED":  # weights [out, in]
-        return int(np.prod(weight_shape))
-    return 0
-
-
 def lower_bound(successes, n, z=1.96):
     """Wilson score lower bound of a proportion: how low it may be given n samples."""
     if n == 0:
@@ -341,12 +328,27 @@ def lower_bound(successes, n, z=1.96):
     return float((centre - spread) / (1 + z * z / n))
 
 
-def _parity_of(model_bytes, images, reference):
+def _outputs(model_bytes, images):
     from pipeline.device_runner import Runner, load_runtime
-    from pipeline.verify import compare_outputs
 
     _, _, module = load_runtime()
-    return compare_outputs(reference, Runner(module, model_content=model_bytes, threads=2)(images))
+    return Runner(module, model_content=model_bytes, threads=2)(images)
+
+
+def _parity_of(model_bytes, images, reference):
+    from pipeline.verify import compare_outputs
+
+    return compare_outputs(reference, _outputs(model_bytes, images))
+
+
+@dataclasses.dataclass
+class _Growth:
+    """One order's run through the candidate groups."""
+    steps: list
+    skipped: list
+    kept: list
+    chosen: tuple
+    reached: bool
 
 
 def _latency_ratio(candidate, baseline, runs=100):
@@ -384,33 +386,25 @@ def search_keep_float(calibrated, cfg, float_tflite, images, target_agreement,
     """
     from pipeline import convert
 
-    reference = _float_outputs(float_tflite, images)
+    reference = _outputs(float_tflite, images)
     groups, macs = {}, {}
-    _, graph, named_ops = convert.read_ops(calibrated)
-    for name, op in named_ops:
-        if name in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        tensor = graph.tensors[op.outputs[0]].name
-        tensor = tensor.decode() if isinstance(tensor, bytes) else tensor
+    for _, tensor, tensor_macs in convert.quantizable_tensors(calibrated):
         group = layer_group(tensor)
         groups.setdefault(group, []).append(tensor)
-        macs[group] = macs.get(group, 0) + int(op_macs(graph, name, op))
-    every = tuple(t for tensors in groups.values() for t in tensors)
+        macs[group] = macs.get(group, 0) + tensor_macs
 
     def variant(group_names):
         tensors = tuple(t for g in group_names for t in groups[g])
         return tensors, convert.quantize_calibrated(calibrated, dataclasses.replace(cfg, keep_float=tensors))
 
-    def only_int8(group):
-        keep = tuple(t for t in every if t not in set(groups[group]))
-        return convert.quantize_calibrated(calibrated, dataclasses.replace(cfg, keep_float=keep))
+    def kl_of(group_names):
+        return _parity_of(variant(group_names)[1], images, reference)["kl_mean"]
 
-    floor = _parity_of(convert.quantize_calibrated(calibrated, dataclasses.replace(cfg, keep_float=every)),
-                       images, reference)["kl_mean"]
+    floor = kl_of(list(groups))
     # Groups without convolutions (the global average pool) save nothing measurable in float and
     # cost a dequantize/quantize pair: not candidates.
-    sensitivity = [GroupSensitivity(g, _parity_of(only_int8(g), images, reference)["kl_mean"] - floor,
-                                    macs[g]) for g in groups if macs[g]]
+    sensitivity = [GroupSensitivity(g, kl_of([h for h in groups if h != g]) - floor, macs[g])
+                   for g in groups if macs[g]]
     sensitivity.sort(key=lambda s: -s.per_mmac)
     _, int8 = variant([])
     base = _parity_of(int8, images, reference)
@@ -447,7 +441,7 @@ def search_keep_float(calibrated, cfg, float_tflite, images, target_agreement,
             progress(f"keep-float: + {group}: agreement {parity['agreement_top1']:.2%}, "
                      f"KL {parity['kl_mean']:.5f}, {len(model):,} bytes, latency {ratio:.2f}x")
             reached = confident(parity)
-        return steps, skipped, kept, chosen, reached
+        return _Growth(steps, skipped, kept, chosen, reached)
 
     # Two orders, the better held-out KL wins: most harmful per MAC first, and a float region
     # grown from the input. The second matters because each float island pays a dequantize /
@@ -458,18 +452,13 @@ def search_keep_float(calibrated, cfg, float_tflite, images, target_agreement,
     progress("keep-float: order 2, a float region grown from the input")
     from_input = grow([g for g in groups if macs[g]], contiguous=True)
 
-    def final_kl(result):
-        return result[0][-1].kl_mean if result[0] else base["kl_mean"]
+    def rank(named):  # reached the target first, then the lower final held-out KL
+        growth = named[1]
+        return (not growth.reached, growth.steps[-1].kl_mean if growth.steps else base["kl_mean"])
 
-    order, (steps, skipped, kept, chosen, reached) = min(
-        (("most harmful per MAC", by_sensitivity), ("region from the input", from_input)),
-        key=lambda named: (not named[1][4], final_kl(named[1])))
+    order, best = min((("most harmful per MAC", by_sensitivity),
+                       ("region from the input", from_input)), key=rank)
     progress(f"keep-float: kept order: {order}")
-    return KeepFloatSearch(floor, sensitivity, order, baseline, steps, skipped, chosen, kept, reached)
+    return KeepFloatSearch(floor, sensitivity, order, baseline, best.steps, best.skipped,
+                           best.chosen, best.kept, best.reached)
 
-
-def _float_outputs(float_tflite, images):
-    from pipeline.device_runner import Runner, load_runtime
-
-    _, _, module = load_runtime()
-    return Runner(module, model_content=float_tflite, threads=2)(images)

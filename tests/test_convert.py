@@ -87,7 +87,7 @@ def test_int8_without_calibration_images_is_refused(small_built):
 
 def test_keep_float_leaves_named_layers_in_float(small_built, small_calibration):
     calibrated = convert.calibrate_model(small_built, small_calibration.arrays[:4])
-    names = [t for op, t in convert.quantizable_tensors(calibrated) if op == "DEPTHWISE_CONV_2D"]
+    names = [t for op, t, _ in convert.quantizable_tensors(calibrated) if op == "DEPTHWISE_CONV_2D"]
     assert len(names) == 17
     keep = convert.resolve_keep_float(["expanded_conv_depthwise_relu", names[5]], calibrated)
     assert keep[1] == names[5] and "expanded_conv_depthwise" in keep[0]

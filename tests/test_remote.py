@@ -168,15 +168,21 @@ def _ssh_flags(options):
     return [arg for option in options for arg in ("--ssh-option", option)]
 
 
-def test_benchmark_over_ssh_on_the_emulated_arm_board(arm_board, small_int8, tmp_path):
+def _benchmark_on_board(arm_board, model_bytes, tmp_path, name, *flags):
+    """Writes the model as `name`, benchmarks it on the board; returns (CLI result, benchmark.json)."""
     target, options = arm_board
-    model = tmp_path / "model with space.tflite"
-    model.write_bytes(small_int8.tflite)
+    model = tmp_path / name
+    model.write_bytes(model_bytes)
     out = tmp_path / "bench"
     result = run_cli("benchmark", model, "--target", target, *_ssh_flags(options),
-                     "--threads-sweep", "1", "--benchmark-runs", "3", "--output", out)
+                     "--threads-sweep", "1", *flags, "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "benchmark.json").read_text())
+    return result, json.loads((out / "benchmark.json").read_text())
+
+
+def test_benchmark_over_ssh_on_the_emulated_arm_board(arm_board, small_int8, tmp_path):
+    result, report = _benchmark_on_board(arm_board, small_int8.tflite, tmp_path,
+                                         "model with space.tflite", "--benchmark-runs", "3")
     device = report["device"]
     assert device["machine"] == "aarch64" and device["emulated"] is True
     assert "not ARM figures" in device["emulation"]
@@ -188,15 +194,10 @@ def test_benchmark_over_ssh_on_the_emulated_arm_board(arm_board, small_int8, tmp
 
 
 def test_gpu_delegate_that_is_absent_is_reported_not_hidden(arm_board, small_int8, tmp_path):
-    target, options = arm_board
-    model = tmp_path / "m.tflite"
-    model.write_bytes(small_int8.tflite)
-    out = tmp_path / "bench"
-    result = run_cli("benchmark", model, "--target", target, *_ssh_flags(options),
-                     "--delegate", "gpu", "--delegate-library", "/usr/lib/libtensorflowlite_gpu_delegate.so",
-                     "--threads-sweep", "1", "--benchmark-runs", "2", "--output", out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    delegate = json.loads((out / "benchmark.json").read_text())["runtime"]["delegate"]
+    result, report = _benchmark_on_board(
+        arm_board, small_int8.tflite, tmp_path, "m.tflite", "--delegate", "gpu",
+        "--delegate-library", "/usr/lib/libtensorflowlite_gpu_delegate.so", "--benchmark-runs", "2")
+    delegate = report["runtime"]["delegate"]
     assert delegate["loaded"] is False and "NOT loaded" in delegate["note"]
     assert "NOT loaded" in result.stdout
 
