@@ -31,7 +31,9 @@ class BenchmarkConfig:
 class BenchmarkResult:
     runtime: str
     runtime_version: str
-    latencies: list  # one dict per thread count (device_runner.time_invokes)
+    latencies: list  # one dict per thread count (device_runner.time_configs, without times_ms)
+    machine: dict = None  # device_runner.device_facts(): CPU, int8 ISA, machine class
+    reference: dict = None  # the latency reference, timed interleaved with the model at 1 thread
 
     @property
     def xnnpack_applied(self):
@@ -44,13 +46,45 @@ class BenchmarkResult:
             for r in self.latencies
         }
 
+    def latency_ratio(self):
+        """The report's `latency_ratio`: 1-thread median over the reference's, from one run."""
+        one = next(r for r in self.latencies if r["threads"] == 1)
+        if self.reference is None:
+            return None
+        if self.reference["kind"] == "self":
+            value = 1.0
+        else:
+            value = round(one["median_ms"] / self.reference["median_ms"], 4)
+        return {"value": value, "threads": 1, "median_ms": round(one["median_ms"], 3),
+                "reference": dict(self.reference)}
 
-def quick_benchmark(model, cfg=BenchmarkConfig()):
-    """Times `model` (path or bytes) at each thread count of `cfg`."""
+
+def quick_benchmark(model, cfg=BenchmarkConfig(), reference=None, reference_kind=None):
+    """Times `model` (path or bytes) at each thread count of `cfg`, and `reference` (bytes) at one
+    thread interleaved with it, invoke by invoke, so their ratio holds on any machine.
+
+    `reference_kind` names what the reference is; "self" means the model is its own reference
+    (ratio exactly 1, nothing more to time)."""
     name, version, module = device_runner.load_runtime()
-    threads = tuple(sorted(set(cfg.threads)))
-    latencies = device_runner.time_invokes(module, model, threads, cfg.warmup, cfg.runs)
-    return BenchmarkResult(runtime=name, runtime_version=version, latencies=latencies)
+    threads = tuple(sorted(set(cfg.threads) | ({1} if reference_kind else set())))
+    configs = [{"model": model, "threads": t} for t in threads]
+    if reference is not None:
+        configs.append({"model": reference, "threads": 1})
+    rows = device_runner.time_configs(module, configs, cfg.warmup, cfg.runs)
+    for row in rows:
+        del row["times_ms"]
+    ref = None
+    if reference_kind == "self":
+        ref = {"kind": "self"}
+    elif reference is not None:
+        import hashlib
+
+        ref_row = rows.pop()
+        ref = {"kind": reference_kind, "median_ms": round(ref_row["median_ms"], 3),
+               "sha256": hashlib.sha256(reference).hexdigest(),
+               "xnnpack_applied": ref_row["xnnpack_applied"]}
+    return BenchmarkResult(runtime=name, runtime_version=version, latencies=rows,
+                           machine=device_runner.device_facts(), reference=ref)
 
 
 GOOGLE_RELEASES = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")

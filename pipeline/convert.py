@@ -76,6 +76,7 @@ class ConvertedModel:
     output: TensorSpec
     ops: dict  # "OP_NAME[input dtype]" -> count
     weighted_ops: list  # [{op, weight_dtype, per_channel, activation_dtype}] for conv/dw/fc ops
+    macs: int = None  # multiply-accumulates of one inference: the network's work, any quantization
 
     @property
     def size_bytes(self):
@@ -92,6 +93,7 @@ class ConvertedModel:
             "activation_ranges": (self.config.ranges if self.config.ranges == "minmax"
                                   else f"percentile {self.config.percentile}"),
             "size_bytes": self.size_bytes,
+            "macs": self.macs,
             "ops": self.ops,
             "weighted_ops": summarize_weighted_ops(self.weighted_ops),
         }
@@ -343,6 +345,45 @@ def op_macs(graph, name, op):
     return int(np.prod(weight_shape))  # FULLY_CONNECTED: weights [out, in]
 
 
+def model_macs(model_bytes):
+    """Multiply-accumulates of one batch-1 inference, read from the flatbuffer (machine-independent:
+    the gate compares it exactly where latency can only be compared as a ratio)."""
+    _, graph, named_ops = read_ops(model_bytes)
+    return sum(op_macs(graph, name, op) for name, op in named_ops)
+
+
+# What `--quantize int8` makes with every other setting at its default: the latency reference.
+REFERENCE_CONFIG = ConvertConfig("int8")
+# A model's speed does not depend on its ranges, so the reference's calibration can be small.
+REFERENCE_CALIBRATION_IMAGES = 16
+
+
+def is_latency_reference(cfg):
+    """Whether `cfg` makes the reference itself (then the model is its own latency reference)."""
+    return dataclasses.replace(cfg, io=cfg.io_type()) == dataclasses.replace(REFERENCE_CONFIG, io="uint8")
+
+
+def latency_reference(built, calibration_arrays, cfg, calibrated=None):
+    """(kind, model bytes or None): the model an export's latency is divided by.
+
+    The reference is the plain full-int8 model of the same network (per-channel, min/max, uint8
+    I/O). Timed interleaved in the same run, the ratio cancels the CPU: a default export is 1.00x on
+    every machine, while keep-float layers, another --quantize mode or float I/O show up as what
+    they cost relative to full int8 *on this machine* (float32 costs 2x int8 with AVX-512 VNNI and
+    0.9x on AVX2-only CPUs). A network that does more work is caught exactly by its MACs and size.
+    ("self", None) when `cfg` makes the reference itself. `calibrated` (a calibrated model of
+    `built`, e.g. from --keep-float) is requantized in ~0.2 s instead of calibrating again.
+    """
+    if is_latency_reference(cfg):
+        return "self", None
+    if calibrated is None or not cfg.per_channel:
+        if calibration_arrays is None or len(calibration_arrays) == 0:
+            raise PipelineInputError("the int8 latency reference needs calibration images: pass "
+                                     "--calibration DIR")
+        calibrated = calibrate_model(built, calibration_arrays[:REFERENCE_CALIBRATION_IMAGES])
+    return "int8", quantize_calibrated(calibrated, REFERENCE_CONFIG)
+
+
 def quantizable_tensors(calibrated):
     """[(op name, output tensor name, MACs)] of the ops a keep-float list can name, in execution
     order."""
@@ -499,7 +540,7 @@ def _converted(model_bytes, cfg):
     input_spec, output_spec = io_specs(model_bytes)
     return ConvertedModel(
         tflite=model_bytes, config=cfg, input=input_spec, output=output_spec, ops=ops,
-        weighted_ops=weighted,
+        weighted_ops=weighted, macs=model_macs(model_bytes),
     )
 
 

@@ -82,16 +82,38 @@ def make_interpreter(module, model_path=None, model_content=None, threads=1, xnn
 
 
 def delegation(interpreter):
-    """How the execution plan was delegated: XNNPACK replaces the ops it takes with DELEGATE nodes."""
+    """How the execution plan was delegated: XNNPACK replaces the ops it takes with DELEGATE nodes.
+
+    The interpreter lists the replaced nodes too, and no execution plan, so the ops left outside
+    the delegate are found by data flow: a node runs on its own when a tensor it produces is read by
+    a DELEGATE node, by another node that runs on its own, or is a graph output, and no DELEGATE
+    node produces that tensor."""
     try:
-        ops = [d["op_name"] for d in interpreter._get_ops_details()]
+        details = interpreter._get_ops_details()
+        graph_outputs = [d["index"] for d in interpreter.get_output_details()]
     except (AttributeError, RuntimeError):
         return {"xnnpack_applied": None, "delegate_partitions": None, "ops_not_delegated": None}
-    partitions = sum(1 for op in ops if op == "DELEGATE")
+    delegates = [d for d in details if d["op_name"] == "DELEGATE"]
+    originals = [d for d in details if d["op_name"] != "DELEGATE"]
+    if not delegates:
+        return {"xnnpack_applied": False, "delegate_partitions": 0, "ops_not_delegated": len(originals)}
+    produced_by_delegates = set(int(t) for d in delegates for t in d["outputs"])
+    wanted = set(int(t) for t in graph_outputs) | set(int(t) for d in delegates for t in d["inputs"])
+    outside = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in originals:
+            outputs = set(int(t) for t in node["outputs"])
+            if node["index"] in outside or not (outputs & wanted) or outputs & produced_by_delegates:
+                continue
+            outside.add(node["index"])
+            wanted.update(int(t) for t in node["inputs"])
+            changed = True
     return {
-        "xnnpack_applied": partitions > 0,
-        "delegate_partitions": partitions,
-        "ops_not_delegated": len(ops) - partitions,
+        "xnnpack_applied": True,
+        "delegate_partitions": len(delegates),
+        "ops_not_delegated": len(outside),
     }
 
 
@@ -208,15 +230,6 @@ def time_configs(module, configs, warmup=5, runs=50, budget_s=None, seed=0):
     return results
 
 
-def time_invokes(module, model, threads_list, warmup=5, runs=50, xnnpack=True, seed=0):
-    """Latency of one model per thread count, the thread counts interleaved (see time_configs)."""
-    configs = [{"model": model, "threads": t, "xnnpack": xnnpack} for t in threads_list]
-    results = time_configs(module, configs, warmup, runs, seed=seed)
-    for result in results:
-        del result["times_ms"]
-    return results
-
-
 def load_delegate(module, library):
     """(delegate or None, report): tries a delegate library and says plainly whether it loaded."""
     if not library:
@@ -269,19 +282,53 @@ def _read(path):
         return None
 
 
+# The instruction sets that decide which int8 kernels XNNPACK picks, best first, as /proc/cpuinfo
+# names them ("flags" on x86, "Features" on ARM). On an AVX2-only x86 CPU int8 runs *slower* than
+# float32; with AVX-512 VNNI it runs ~2x faster: timings only compare within one class.
+INT8_ISA = {
+    "x86": ("amx_int8", "avx512_vnni", "avx_vnni", "avx512bw", "avx512f", "avx2", "avx", "sse4_1"),
+    "arm": ("sme", "i8mm", "asimddp", "sve", "asimd"),
+}
+ISA_NAMES = {"asimddp": "dotprod", "asimd": "neon"}
+
+
+def cpu_features(cpuinfo, machine):
+    """The int8-relevant instruction sets in a /proc/cpuinfo text, best first."""
+    family = "arm" if machine.lower().startswith(("aarch64", "arm")) else "x86"
+    present = set()
+    for line in cpuinfo.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features") and ":" in line:
+            present.update(line.split(":", 1)[1].split())
+    return [ISA_NAMES.get(name, name) for name in INT8_ISA[family] if name in present]
+
+
+def machine_class(machine, isa):
+    """The key a baseline's timing entries are stored under: architecture and best int8 ISA.
+
+    Two machines of one class run the same XNNPACK int8 kernels, so a latency ratio measured on
+    one holds on the other; core count and clock do not enter a 1-thread ratio."""
+    return "%s/%s" % (machine.lower(), isa[0] if isa else "unknown")
+
+
 def device_facts():
-    """Machine, CPU, governor, temperature, and whether this 'device' is really an emulator."""
+    """Machine, CPU, int8 instruction sets, governor, temperature, and whether this 'device' is
+    really an emulator."""
     facts = {
         "machine": platform.machine(),
         "system": platform.system(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "cpu_model": None,
+        "isa": [],
+        "machine_class": None,
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "temperature_c": None,
         "emulated": False,
     }
     cpuinfo = _read("/proc/cpuinfo") or ""
+    facts["isa"] = cpu_features(cpuinfo, facts["machine"])
+    facts["machine_class"] = machine_class(facts["machine"], facts["isa"])
     for line in cpuinfo.splitlines():
         if line.lower().startswith(("model name", "hardware", "cpu part")):
             facts["cpu_model"] = line.split(":", 1)[1].strip()
@@ -300,6 +347,8 @@ def device_facts():
     if is_arm and x86_cpu:
         facts["emulated"] = True
         facts["emulation"] = "user-mode emulation on an x86 host (qemu-user): timings are not ARM figures"
+        facts["isa"] = []
+        facts["machine_class"] = "%s/emulated" % facts["machine"].lower()
     return facts
 
 

@@ -11,6 +11,7 @@ import contextlib
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from absl import flags
 
@@ -73,10 +74,10 @@ def export_from_flags(flag_values=FLAGS):
     with _timed(timings, "convert_float"):
         float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none"))
     keep_float = flag_values["keep-float"].value
-    keep_float_report = None
+    keep_float_report = calibrated = None
     with _timed(timings, "convert"):
         if keep_float:
-            converted, keep_float_report = _selective_int8(
+            converted, keep_float_report, calibrated = _selective_int8(
                 flag_values, built, calibration, spec, convert_cfg, float_model, thresholds)
         elif convert_cfg.quantize == "none":
             converted = float_model
@@ -86,10 +87,16 @@ def export_from_flags(flag_values=FLAGS):
         parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
                                thresholds, threads=flag_values["threads"].value,
                                progress=lambda _, total: _progress(total))
+    with _timed(timings, "latency_reference"):
+        reference_kind, reference = convert.latency_reference(built, calibration.arrays, convert_cfg,
+                                                              calibrated)
     with _timed(timings, "benchmark"):
         bench = benchmark.quick_benchmark(
-            converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value))
-    command = "python -m pipeline.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value),
+            reference=reference, reference_kind=reference_kind)
+    # The command as typed: export is also run by check (the gate) and its studies.
+    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "export"
+    command = f"python -m pipeline.{module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with _timed(timings, "report"):
         written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
                                       parity, bench, spec, timings, command,
@@ -98,7 +105,8 @@ def export_from_flags(flag_values=FLAGS):
 
 
 def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_model, thresholds):
-    """--keep-float NAMES|auto: int8 with some layers in float; returns (ConvertedModel, report)."""
+    """--keep-float NAMES|auto: int8 with some layers in float; returns (ConvertedModel, report,
+    the calibrated model it was quantized from)."""
     import dataclasses
 
     from pipeline import diagnose
@@ -112,7 +120,7 @@ def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_mo
     if names != ["auto"]:
         keep = convert.resolve_keep_float(names, calibrated)
         converted = convert.convert_calibrated(calibrated, dataclasses.replace(convert_cfg, keep_float=keep))
-        return converted, {"mode": "names", "layers": names, "tensors": list(keep)}
+        return converted, {"mode": "names", "layers": names, "tensors": list(keep)}, calibrated
     if thresholds.min_agreement is None:
         raise PipelineInputError("--keep-float auto needs a target: pass --min-agreement (e.g. 0.97)")
     held_out = calibration.held_out[:256]
@@ -133,7 +141,7 @@ def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_mo
         # The search measures latency, which a busy machine makes noisy: CI should pin its result.
         print(f"keep-float: chose {', '.join(search.chosen_groups)}; to reproduce without "
               f"searching: {found['pin']}", file=sys.stderr, flush=True)
-    return converted, {"mode": "auto", **found}
+    return converted, {"mode": "auto", **found}, calibrated
 
 
 def main(argv):

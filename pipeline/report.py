@@ -137,6 +137,24 @@ def _pct(value):
     return "—" if value is None else f"{value:.2%}"
 
 
+def machine_line(machine):
+    """'AMD EPYC, 2 cores, x86_64/avx512_vnni (avx512_vnni avx512bw …)' for reports and the gate."""
+    return (f"{machine.get('cpu_model') or 'unknown CPU'}, {machine.get('cpu_count')} cores, class "
+            f"{machine.get('machine_class')} ({' '.join(machine.get('isa') or []) or 'no int8 ISA found'})")
+
+
+def ratio_line(ratio):
+    """What the latency ratio is, in one line."""
+    if ratio is None:
+        return "latency ratio: not measured"
+    if ratio["reference"]["kind"] == "self":
+        return ("latency ratio 1.00×: this model is the plain int8 model of its network, the "
+                "reference every other export of it is timed against")
+    return (f"latency ratio {ratio['value']:.2f}× the plain int8 model of the same network "
+            f"({ratio['median_ms']:.3f} vs {ratio['reference']['median_ms']:.3f} ms, 1 thread, "
+            "interleaved in one run)")
+
+
 def render_markdown(report):
     parity = report["parity"]
     lines = [
@@ -174,20 +192,25 @@ def render_markdown(report):
             lines.append(f"| {row['class']} | {row['images']} | {_pct(row['float_top1'])} | "
                          f"{_pct(row['tflite_top1'])} | {_pct(row['agreement_top1'])} |")
     lat = report["latency_ms"]
+    machine = report["machine"]
     lines += [
         "",
         "## Size and speed",
         "",
         f"- model.tflite: {report['size_bytes']:,} bytes (float32 .tflite: "
-        f"{report['float_size_bytes']:,} bytes)",
+        f"{report['float_size_bytes']:,} bytes); {report['macs'] / 1e6:,.1f}M multiply-accumulates",
         f"- runtime: {report['benchmark']['runtime']} {report['benchmark']['runtime_version']}, "
-        f"XNNPACK {'applied' if report['benchmark']['xnnpack_applied'] else 'NOT applied'}",
+        f"XNNPACK {'applied' if report['benchmark']['xnnpack_applied'] else 'NOT applied'} "
+        f"({report['benchmark']['ops_not_delegated']} ops outside it)",
+        f"- machine: {machine_line(machine)}",
+        f"- {ratio_line(report['latency_ratio'])}",
         "",
         "| threads | median ms | p90 ms |",
         "|---|---|---|",
     ]
     for threads, row in lat.items():
         lines.append(f"| {threads} | {row['median']:.2f} | {row['p90']:.2f} |")
+    lines += ["", "Milliseconds hold on this machine only; compare other runs by the ratio."]
     lines += ["", "![parity](parity.png)", "", "## Model", ""]
     ops = report["conversion"]["weighted_ops"]
     lines += [f"- {name}: {count}" for name, count in ops.items()]
@@ -288,9 +311,14 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
         "snr_db": parity.snr_db,
         "size_bytes": converted.size_bytes,
         "float_size_bytes": len(float_tflite),
+        "macs": converted.macs,
         "latency_ms": bench.latency_ms(),
+        "latency_ratio": bench.latency_ratio(),
+        "machine": bench.machine,
         "benchmark": {"runtime": bench.runtime, "runtime_version": bench.runtime_version,
-                      "xnnpack_applied": bench.xnnpack_applied, "runs": bench.latencies},
+                      "xnnpack_applied": bench.xnnpack_applied,
+                      "ops_not_delegated": bench.latencies[0]["ops_not_delegated"],
+                      "runs": bench.latencies},
         "parity": parity.to_json(),
         "conversion": converted.summary(),
         "calibration": calibration.summary(),

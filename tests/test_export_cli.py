@@ -70,8 +70,13 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     out, _ = small_export
     report = json.loads((out / "report.json").read_text())
     for key in ("agreement_top1", "kl_mean", "size_bytes", "latency_ms", "timings_s", "versions",
-                "sha256"):
+                "sha256", "macs", "latency_ratio", "machine"):
         assert key in report
+    # The machine the timings hold on, and the same-run ratio that holds on others.
+    assert report["machine"]["machine_class"] and isinstance(report["machine"]["isa"], list)
+    assert report["latency_ratio"] == {"value": 1.0, "threads": 1, "reference": {"kind": "self"},
+                                       "median_ms": report["latency_ms"]["1"]["median"]}
+    assert "latency ratio 1.00×" in (out / "report.md").read_text()
     assert set(report["float"]) == {"top1", "top5"} and set(report["tflite"]) == {"top1", "top5"}
     assert report["size_bytes"] == (out / "model.tflite").stat().st_size
     assert report["sha256"]["model"] == hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
@@ -118,6 +123,12 @@ def test_parity_threshold_failure_exits_1_after_writing_the_report(calibration_f
     report = json.loads((out / "report.json").read_text())
     assert report["parity"]["passed"] is False
     assert report["conversion"]["quantize"] == "dynamic"
+    # Timed against the plain int8 model of the same network, built for the purpose; its hybrid
+    # convolutions run outside XNNPACK, which the report counts.
+    reference = report["latency_ratio"]["reference"]
+    assert reference["kind"] == "int8" and len(reference["sha256"]) == 64 and reference["median_ms"] > 0
+    assert report["latency_ratio"]["value"] > 0
+    assert report["benchmark"]["ops_not_delegated"] > 2
 
 
 def _assert_bad_input(result, *words, out=None):

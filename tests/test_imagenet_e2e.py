@@ -53,15 +53,24 @@ def test_int8_parity_with_float_on_imagenette_val(imagenet_export):
     assert len(report["parity"]["per_class"]) == 10
 
 
-def test_int8_is_faster_than_float_at_one_thread(imagenet_export):
+def test_int8_runs_like_googles_release_on_any_cpu(imagenet_export):
+    """Timings only as ratios from one interleaved run: ours / Google's int8 release of the same
+    architecture is 1.00 on AVX-512 VNNI and AVX2-only EPYCs alike (float32 / int8 is not: 2.0 and
+    0.9), so this holds on whatever CPU CI gets."""
     out, report = imagenet_export
-    from pipeline import benchmark, convert, build
+    from pipeline import benchmark
+    from tests.conftest import SHARED
 
-    built = build.build_model(build.BuildConfig())
-    float_model = convert.convert(built, None, convert.ConvertConfig("none"))
-    # Back to back; int8 runs ~2x faster here, far outside the machine's noise.
-    int8 = benchmark.quick_benchmark((out / "model.tflite").read_bytes(),
-                                     benchmark.BenchmarkConfig(threads=(1,), runs=30))
-    fp32 = benchmark.quick_benchmark(float_model.tflite, benchmark.BenchmarkConfig(threads=(1,), runs=30))
-    assert int8.latencies[0]["median_ms"] < fp32.latencies[0]["median_ms"]
-    assert int8.xnnpack_applied and fp32.xnnpack_applied
+    google = SHARED / "reference-models" / "google" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+    # The default export is the plain int8 model: its own latency reference, 1.00x by construction.
+    assert report["latency_ratio"]["value"] == 1.0
+    assert report["latency_ratio"]["reference"]["kind"] == "self"
+    assert report["machine"]["machine_class"] and report["machine"]["cpu_count"] >= 1
+    assert report["macs"] == pytest.approx(300e6, rel=0.02)  # the paper's 300M MACs at 1.0/224
+    assert report["benchmark"]["ops_not_delegated"] == 2  # the uint8 ↔ int8 QUANTIZE at each end
+    if not google.is_file():
+        pytest.skip(f"needs {google}")
+    result = benchmark.host_benchmark([out / "model.tflite", google], threads=(1,), runs=40)
+    median = {row["model"]: row["median_ms"] for row in result["latency"]}
+    assert median["model.tflite"] / median[google.name] <= 1.10, (median, result["device"])
+    assert all(row["xnnpack_applied"] for row in result["latency"])

@@ -186,6 +186,8 @@ def test_benchmark_over_ssh_on_the_emulated_arm_board(arm_board, small_int8, tmp
     device = report["device"]
     assert device["machine"] == "aarch64" and device["emulated"] is True
     assert "not ARM figures" in device["emulation"]
+    # An emulated board is a class of its own: its timings never match a real ARM baseline entry.
+    assert device["machine_class"] == "aarch64/emulated" and device["isa"] == []
     assert "EMULATED" in result.stdout
     row = report["latency"][0]
     assert row["model"] == "model with space.tflite" and row["xnnpack_applied"] is True
