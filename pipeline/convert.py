@@ -8,6 +8,16 @@
                          or float32 model input/output (--io)
     --quantize int16x8   int8 weights, int16 activations (accurate, but no XNNPACK kernels: slow)
 
+    --head probabilities (default) the model ends in a float32 softmax: clients show its scores as
+                         they are. In an int8 model the logits stay int8 and are dequantized into
+                         the softmax, so probabilities keep full precision (a uint8 softmax output
+                         has a 1/256 step) and the parity measured on them is the parity of logits
+    --head logits        the model ends at the logits; the app applies softmax
+
+Every int8 model is quantized from one calibrated model (`calibrated_for`), whose input range is
+set to exactly what the preprocessing can produce, so the uint8 input grid is scale 1/127.5 and
+zero point 127 whatever the calibration images hold: raw RGB bytes are the quantized input.
+
 Keras 3 note: `TFLiteConverter.from_keras_model` is the path that works with the Keras 3 that
 TensorFlow 2.21 ships (it exports a SavedModel internally). A concrete function of the model keeps
 its weights as resource variables, and int8 calibration then fails on READ_VARIABLE.
@@ -30,6 +40,7 @@ BACKENDS = ("tflite-converter", "litert-quantizer")
 LITERT_RECIPES = {"int8": "default_a8w8_recipe.json", "int16x8": "default_a16w8_recipe.json"}
 LITERT_ALGORITHMS = {"min-max": "min_max_uniform_quantize", "mse": "MSE", "octav": "OCTAV"}
 IO_TYPES = ("auto", "uint8", "int8", "float32", "int16")
+HEADS = ("probabilities", "logits")
 # The compute ops that must be integer in a full-int8 MobileNetV2.
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -44,6 +55,7 @@ class ConvertConfig:
     algorithm: str = "min-max"  # litert-quantizer: min-max | mse | octav
     ranges: str = "minmax"  # activation ranges: calibrated min/max, or "percentile" clipping
     percentile: float = 99.99
+    head: str = "probabilities"  # or "logits"
 
     def io_type(self):
         if self.io != "auto":
@@ -89,6 +101,8 @@ class ConvertedModel:
             "per_channel": self.config.per_channel,
             "backend": self.config.backend,
             "algorithm": self.config.algorithm if self.config.backend == "litert-quantizer" else None,
+            "head": self.config.head,
+            "output_dtype": self.output.dtype,
             "keep_float": list(self.config.keep_float),
             "activation_ranges": (self.config.ranges if self.config.ranges == "minmax"
                                   else f"percentile {self.config.percentile}"),
@@ -105,6 +119,8 @@ def check_config(cfg):
             f"--quantize {cfg.quantize} is unknown: use one of {', '.join(QUANTIZE_MODES)}"
         )
     io_type = cfg.io_type()
+    if cfg.head not in HEADS:
+        raise PipelineInputError(f"--head {cfg.head} is unknown: use {' or '.join(HEADS)}")
     if cfg.backend not in BACKENDS:
         raise PipelineInputError(f"--backend {cfg.backend} is unknown: use one of {', '.join(BACKENDS)}")
     if cfg.backend == "litert-quantizer":
@@ -121,6 +137,11 @@ def check_config(cfg):
         if cfg.keep_float or not cfg.per_channel or cfg.ranges != "minmax":
             raise PipelineInputError("--keep-float, --activation-ranges percentile and --granularity "
                                      "per-tensor need --backend tflite-converter")
+        if cfg.head == "probabilities":
+            # Its recipes quantize the softmax too: an int8 output, which MediaPipe refuses.
+            raise PipelineInputError("--backend litert-quantizer quantizes the softmax into an int8 "
+                                     "output that MediaPipe and the Task Library refuse: add --head "
+                                     "logits")
         return
     if cfg.ranges not in ("minmax", "percentile"):
         raise PipelineInputError(f"--activation-ranges {cfg.ranges} is unknown: use minmax or percentile")
@@ -215,11 +236,38 @@ def _tf_dtype(name):
     return {"uint8": tf.uint8, "int8": tf.int8, "int16": tf.int16, "float32": tf.float32}[name]
 
 
-def calibrating_converter(built, calibration_arrays, per_channel):
+def keras_model_for(built, head):
+    """The Keras model a conversion starts from: the logits model, with a softmax appended for
+    --head probabilities (only where the model's output is logits)."""
+    if head != "probabilities" or built.output_kind != "logits":
+        return built.keras_model
+    import keras
+
+    model = built.keras_model
+    return keras.Model(model.inputs, keras.layers.Softmax(name="probabilities")(model.outputs[0]),
+                       name=model.name)
+
+
+def output_kind(model_bytes):
+    """"probabilities" when the model's output comes from a SOFTMAX op, else "logits"."""
+    _, graph, named_ops = read_ops(model_bytes)
+    outputs = set(graph.outputs)
+    for name, op in named_ops:
+        if outputs & set(op.outputs):
+            if name == "SOFTMAX":
+                return "probabilities"
+            if name in ("DEQUANTIZE", "QUANTIZE"):  # a softmax handed over in another dtype
+                producer = {t: n for n, o in named_ops for t in o.outputs}.get(op.inputs[0])
+                if producer == "SOFTMAX":
+                    return "probabilities"
+    return "logits"
+
+
+def calibrating_converter(built, calibration_arrays, per_channel, head="logits"):
     import numpy as np
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model_for(built, head))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([np.asarray(a, np.float32)[None]]
                                                 for a in calibration_arrays)
@@ -228,8 +276,9 @@ def calibrating_converter(built, calibration_arrays, per_channel):
     return converter
 
 
-def calibrate_model(built, calibration_arrays, per_channel=True):
-    """The float model annotated with calibrated ranges (TFLite's calibrate-only step).
+def calibrate_model(built, calibration_arrays, per_channel=True, head="probabilities"):
+    """The float model annotated with calibrated ranges (TFLite's calibrate-only step), its input
+    range set to what the preprocessing produces (`fix_input_range`).
 
     Quantizing it (`quantize_calibrated`) takes ~0.2 s, so many selective-quantization variants
     can be tried from one calibration.
@@ -238,13 +287,34 @@ def calibrate_model(built, calibration_arrays, per_channel=True):
 
     from pipeline.device_runner import quiet_native_stderr
 
-    converter = calibrating_converter(built, calibration_arrays, per_channel)
+    converter = calibrating_converter(built, calibration_arrays, per_channel, head)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
-        return converter.convert()
+        return fix_input_range(converter.convert())
+
+
+def fix_input_range(calibrated):
+    """Sets the input's calibrated range to x(0) … x(255) of the preprocessing.
+
+    Calibration records the range the images happened to hold; with the full pixel range the
+    uint8 grid becomes scale 1/127.5, zero point 127, on which x = (p − 127)/127.5 is exactly p.
+    Images without a 0 or a 255 (a dim calibration set) would otherwise give another grid, and
+    raw bytes would no longer be the input the model was calibrated on."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from pipeline.preprocess import Preprocessing
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    low, high = Preprocessing().value_range()
+    for index in graph.inputs:
+        quantization = graph.tensors[index].quantization
+        if quantization is not None and quantization.min is not None:
+            quantization.min, quantization.max = [low], [high]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def clip_ranges(calibrated, calibration_arrays, percentile, images=150, samples=4000, seed=0):
@@ -302,25 +372,33 @@ def clip_ranges(calibrated, calibration_arrays, percentile, images=150, samples=
 
 def calibrated_for(built, calibration_arrays, cfg):
     """The calibrated model `cfg` asks for: min/max, or percentile-clipped ranges."""
-    calibrated = calibrate_model(built, calibration_arrays, cfg.per_channel)
+    calibrated = calibrate_model(built, calibration_arrays, cfg.per_channel, cfg.head)
     if cfg.ranges == "percentile":
         calibrated = clip_ranges(calibrated, calibration_arrays, cfg.percentile)
     return calibrated
 
 
 def quantize_calibrated(calibrated, cfg):
-    """int8 model from a calibrated one, with `cfg.keep_float` op outputs left in float."""
+    """int8 model from a calibrated one, with `cfg.keep_float` op outputs left in float.
+
+    A softmax head stays float32 (its input dequantized from the int8 logits), and so does the
+    output: probabilities at full precision, in the dtype every client takes."""
     from tensorflow.lite.python import convert as tf_convert
 
     from pipeline.device_runner import quiet_native_stderr
 
+    keep = list(cfg.keep_float)
+    output_type = cfg.io_type()
+    if output_kind(calibrated) == "probabilities":
+        keep += [tensor for op, tensor, _ in quantizable_tensors(calibrated) if op == "SOFTMAX"]
+        output_type = "float32"
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
         return tf_convert.mlir_quantize(
             calibrated,
             disable_per_channel=not cfg.per_channel,
             input_data_type=_tf_dtype(cfg.io_type()),
-            output_data_type=_tf_dtype(cfg.io_type()),
-            denylisted_nodes=list(cfg.keep_float) or None,
+            output_data_type=_tf_dtype(output_type),
+            denylisted_nodes=keep or None,
         )
 
 
@@ -376,11 +454,12 @@ def latency_reference(built, calibration_arrays, cfg, calibrated=None):
     """
     if is_latency_reference(cfg):
         return "self", None
-    if calibrated is None or not cfg.per_channel:
+    if calibrated is None or not cfg.per_channel or cfg.head != REFERENCE_CONFIG.head:
         if calibration_arrays is None or len(calibration_arrays) == 0:
             raise PipelineInputError("the int8 latency reference needs calibration images: pass "
                                      "--calibration DIR")
-        calibrated = calibrate_model(built, calibration_arrays[:REFERENCE_CALIBRATION_IMAGES])
+        calibrated = calibrate_model(built, calibration_arrays[:REFERENCE_CALIBRATION_IMAGES],
+                                     head=REFERENCE_CONFIG.head)
     return "int8", quantize_calibrated(calibrated, REFERENCE_CONFIG)
 
 
@@ -481,26 +560,26 @@ def convert(built, calibration_arrays, cfg, float_tflite=None):
         if calibration_arrays is None or len(calibration_arrays) == 0:
             raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
         if float_tflite is None:
-            float_tflite = convert(built, None, ConvertConfig("none")).tflite
+            float_tflite = convert(built, None, ConvertConfig("none", head=cfg.head)).tflite
         return _converted(litert_quantize(float_tflite, calibration_arrays, cfg), cfg)
-    if cfg.keep_float or cfg.ranges == "percentile":
-        if calibration_arrays is None or len(calibration_arrays) == 0:
-            raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
-        return convert_calibrated(calibrated_for(built, calibration_arrays, cfg), cfg)
     needs_calibration = cfg.quantize in ("int8", "int16x8")
-    if needs_calibration:
-        if calibration_arrays is None or len(calibration_arrays) == 0:
-            raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
+    if needs_calibration and (calibration_arrays is None or len(calibration_arrays) == 0):
+        raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
+    if cfg.quantize == "int8":
         # Per-tensor weights (cfg.per_channel False) are kept as an option because they show why
         # MobileNetV2 needs per-channel: depthwise channel ranges differ 30x+.
-        converter = calibrating_converter(built, calibration_arrays, cfg.per_channel)
-        converter.target_spec.supported_ops = (
-            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if cfg.quantize == "int8"
-            else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8])
+        return convert_calibrated(calibrated_for(built, calibration_arrays, cfg), cfg)
+    if needs_calibration:
+        # int16x8 keeps the logits head: its converter would quantize a softmax to int16 (small
+        # probabilities round to 0) and cannot leave one op in float. The report and the clients
+        # check say that this model's scores are logits.
+        converter = calibrating_converter(built, calibration_arrays, cfg.per_channel, "logits")
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         converter.inference_input_type = _tf_dtype(cfg.io_type())
         converter.inference_output_type = _tf_dtype(cfg.io_type())
     else:
-        converter = tf.lite.TFLiteConverter.from_keras_model(built.keras_model)
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model_for(built, cfg.head))
         if cfg.quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if cfg.quantize == "float16":
@@ -568,6 +647,9 @@ def define_flags():
     define("enum", "activation-ranges", "minmax", ["minmax", "percentile"],
            "int8 activation ranges: calibrated min/max, or clipped at --range-percentile.")
     define("float", "range-percentile", 99.99, "With --activation-ranges percentile: where to clip.")
+    define("enum", "head", "probabilities", list(HEADS),
+           "What the model outputs: probabilities (a float32 softmax inside the model, what MediaPipe "
+           "and the Task Library show as scores) or logits (the app applies softmax).")
     define("enum", "granularity", "per-channel", ["per-channel", "per-tensor"], "Weight quantization granularity for int8 (per-tensor breaks MobileNetV2; kept to show it).")
 
 
@@ -580,6 +662,7 @@ def config_from_flags(flag_values):
         algorithm=flag_values["algorithm"].value,
         ranges=flag_values["activation-ranges"].value,
         percentile=flag_values["range-percentile"].value,
+        head=flag_values["head"].value,
     )
 
 

@@ -23,8 +23,6 @@ APP_DTYPES = ("uint8", "int8", "float32")
 
 def check_contract(artifact_dir):
     """Reads the three artifacts and checks them against each other; returns {name: bytes}."""
-    from pipeline.device_runner import Runner, load_runtime
-
     artifact_dir = Path(artifact_dir)
     files = {}
     for name in FILES:
@@ -33,13 +31,28 @@ def check_contract(artifact_dir):
             raise PipelineInputError(f"{path} is missing: export first (python -m pipeline.export "
                                      f"--output {artifact_dir})")
         files[name] = path.read_bytes()
+    return check_files(files, artifact_dir)
+
+
+def check_files(files, artifact_dir):
+    """Checks {model.tflite, labels.txt, model_config.json: bytes} against each other, as the app
+    will read them; returns `files`."""
+    from pipeline.device_runner import Runner, load_runtime
+
+    artifact_dir = Path(artifact_dir)
     try:
         config = json.loads(files["model_config.json"])
         input_spec, _ = config["input"], config["output"]  # both must be there
-    except (ValueError, KeyError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise PipelineInputError(f"{artifact_dir / 'model_config.json'} is not a pipeline config "
                                  f"({error}): re-export the model") from None
-    labels = [line for line in files["labels.txt"].decode("utf-8").splitlines() if line.strip()]
+    try:
+        text = files["labels.txt"]
+        labels = [line for line in (text.decode("utf-8") if isinstance(text, bytes) else text).splitlines()
+                  if line.strip()]
+    except UnicodeDecodeError as error:
+        raise PipelineInputError(f"{artifact_dir / 'labels.txt'} is not UTF-8 text ({error}): "
+                                 "re-export the model") from None
     _, _, module = load_runtime()
     try:
         runner = Runner(module, model_content=files["model.tflite"])

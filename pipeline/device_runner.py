@@ -8,16 +8,23 @@ that imports.
     python device_runner.py MODEL.tflite --threads 1 2 --runs 50 > result.json
 """
 
-import argparse
-import contextlib
-import json
 import os
-import platform
 import sys
-import tempfile
-import time
 
-import numpy as np
+if __name__ == "__main__":
+    # Run as a script from pipeline/, this file's folder comes first on sys.path, where the
+    # package's own `inspect` module would shadow the standard library's (numpy imports it).
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 RUNTIMES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "ai_edge_litert"),

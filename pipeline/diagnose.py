@@ -329,10 +329,14 @@ def lower_bound(successes, n, z=1.96):
 
 
 def _outputs(model_bytes, images):
+    """The model's outputs on `images`, as logits (verify.as_logits)."""
+    from pipeline.convert import output_kind
     from pipeline.device_runner import Runner, load_runtime
+    from pipeline.verify import as_logits
 
     _, _, module = load_runtime()
-    return Runner(module, model_content=model_bytes, threads=2)(images)
+    return as_logits(Runner(module, model_content=model_bytes, threads=2)(images),
+                     output_kind(model_bytes))
 
 
 def _parity_of(model_bytes, images, reference):

@@ -23,8 +23,9 @@ from PIL import Image
 from pipeline.device_runner import quantize_input
 from pipeline.preprocess import Preprocessing, _to_rgb, normalize, pixels
 
-# The app-facing input grids: the export's default (uint8 on [-1, 1]), int8 and float32.
-UINT8_INPUT = ("uint8", 2 / 255, 127)
+# The app-facing input grids: the export's default (uint8, where q is the pixel itself), int8 and
+# float32.
+UINT8_INPUT = ("uint8", 1 / 127.5, 127)
 INT8_INPUT = ("int8", 0.0078125, -1)
 FLOAT_INPUT = ("float32", None, None)
 
@@ -47,7 +48,7 @@ def image_case(name, image, spec, input_grid):
     meta = {
         "width": decoded.width, "height": decoded.height, "orientation": orientation,
         "mode": image.mode, "resolution": spec.resolution, "crop_fraction": spec.crop_fraction,
-        "normalize_scale": spec.scale, "normalize_offset": spec.offset,
+        "normalize_mean": spec.mean, "normalize_std": spec.std,
         "input_dtype": dtype,
         "input_scale": None if scale is None else float(np.float32(scale)),
         "input_zero_point": zero_point,
@@ -133,6 +134,8 @@ def synthetic_set():
     ties = np.array([3, 9, 9, 1, 9, 0], np.uint8)  # ties: the lower index wins
     files.update(topk_case("topk_ties", ties, "uint8", 0.25, 0, "logits"))
     files.update(topk_case("topk_float_scores", rng.uniform(0, 1, 7), "float32", None, None, "scores"))
+    p = rng.uniform(0, 1, 9)
+    files.update(topk_case("topk_probabilities", p / p.sum(), "float32", None, None, "probabilities"))
     return files
 
 

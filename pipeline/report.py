@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineInputError
 
-CONFIG_FORMAT_VERSION = 1
+CONFIG_FORMAT_VERSION = 2  # 2: x = (pixel − mean) / std; input "contract"; probabilities head
 
 
 def _nearest_existing(path):
@@ -76,39 +76,67 @@ def write_files_atomically(out_dir, files):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def output_meaning(built, converted):
+    """"probabilities" (a softmax inside the model), "logits" or "scores"."""
+    from pipeline.convert import output_kind
+
+    if output_kind(converted.tflite) == "probabilities":
+        return "probabilities"
+    return built.output_kind
+
+
+def input_contract(converted, spec):
+    """How an app fills the input tensor, in words that need no floating-point arithmetic."""
+    q = converted.input
+    exact = (q.scale is not None and abs(q.scale * spec.std - 1) < 1e-6
+             and q.zero_point == round(spec.mean) - (128 if q.dtype == "int8" else 0))
+    if q.dtype == "uint8" and exact:
+        return ("uint8: write the RGB bytes of the framed, resized image as they are (q = pixel). "
+                "Exact: the input grid (scale 1/std, zero point mean) holds x = (pixel − mean) / std "
+                "for every pixel, so raw camera bytes are the input the model was calibrated and "
+                "evaluated on.")
+    if q.dtype == "int8" and exact:
+        return ("int8: write each RGB byte minus 128 (q = pixel − 128, the byte XOR 0x80). Exact: "
+                "the input grid holds x = (pixel − mean) / std for every pixel.")
+    if q.dtype == "float32":
+        return "float32: x = (pixel − mean) / std in float32, per normalize below."
+    return ("q = clamp(round_half_to_even(x / scale) + zero_point, dtype min, dtype max), with x "
+            "from normalize below")
+
+
 def model_config(built, converted, spec):
     """model_config.json: everything an app needs to feed the model and read its answer."""
     input_spec = converted.input.to_config()
-    if converted.input.scale is not None:
-        input_spec["from_preprocessed"] = (
-            "q = clamp(round_half_to_even(x / scale) + zero_point, dtype min, dtype max), with x "
-            "from preprocessing.normalize"
-        )
-        # Raw camera bytes are within half a step of this (x = pixel/127.5 − 1 sits at
-        # pixel − 0.5 on this grid), so apps may feed them directly at a measured cost.
-        input_spec["raw_pixel_bytes"] = (
-            "uint8 input with scale ≈ 2/255 and zero_point 127: feeding RGB bytes unchanged is "
-            "off by at most one step from the calibrated mapping"
-            if converted.input.dtype == "uint8" else "not applicable"
-        )
+    input_spec["contract"] = input_contract(converted, spec)
     output_spec = converted.output.to_config()
+    meaning = output_meaning(built, converted)
+    dequantize = "dequantize: y = (q - zero_point) * scale; then " if converted.output.scale else ""
     output_spec.update(
-        meaning=built.output_kind,
+        meaning=meaning,
         classes=built.num_classes,
-        postprocessing=(
-            ("dequantize: y = (q - zero_point) * scale; then " if converted.output.scale else "")
-            + ("softmax over the classes gives probabilities; top-k by score"
-               if built.output_kind == "logits" else "top-k by score")
-        ),
+        postprocessing=dequantize + {
+            "probabilities": "the scores are probabilities (softmax inside the model); top-k by score",
+            "logits": "softmax over the classes gives probabilities; top-k by score",
+        }.get(meaning, "top-k by score"),
     )
     return {
         "format_version": CONFIG_FORMAT_VERSION,
         "model_file": "model.tflite",
         "labels_file": "labels.txt",
-        "model": {"name": built.name, **built.architecture, "quantize": converted.config.quantize},
+        "model": {"name": built.name, **built.architecture, "quantize": converted.config.quantize,
+                  "head": converted.config.head},
         "input": input_spec,
         "preprocessing": spec.to_config(),
         "output": output_spec,
+    }
+
+
+def artifact_files(built, converted, spec):
+    """The three files an app takes: the model, its labels and its config."""
+    return {
+        "model.tflite": converted.tflite,
+        "labels.txt": "\n".join(built.labels) + "\n",
+        "model_config.json": json.dumps(model_config(built, converted, spec), indent=2) + "\n",
     }
 
 
@@ -135,6 +163,15 @@ def versions(runtime_name=None, runtime_version=None):
 
 def _pct(value):
     return "—" if value is None else f"{value:.2%}"
+
+
+def framing(spec):
+    square = ("the largest centered square" if spec.crop_fraction == 1 else
+              f"the centered square of {spec.crop_fraction:g} × the shorter side")
+    return (f"Frame images as calibration did: {square}, resized to the input size. MediaPipe "
+            "stretches the whole frame unless "
+            "the app passes that square as ImageProcessingOptions(region_of_interest=…); the demo "
+            "app crops it itself.")
 
 
 def machine_line(machine):
@@ -211,6 +248,18 @@ def render_markdown(report):
     for threads, row in lat.items():
         lines.append(f"| {threads} | {row['median']:.2f} | {row['p90']:.2f} |")
     lines += ["", "Milliseconds hold on this machine only; compare other runs by the ratio."]
+    if report.get("clients"):
+        lines += ["", "## Clients", "", "Run on the model file as it is, each given the same framed "
+                  "images as the pipeline's interpreter:", "",
+                  "| client | loads | top-1 as ours | names | probabilities | |", "|---|---|---|---|---|---|"]
+        for row in report["clients"]["checked"]:
+            mark = {True: "✓", False: "✗", None: "–"}[row.get("ok")]
+            matches = (f"{row['top1_matches']}/{row['images']}" if "top1_matches" in row else "")
+            yes = {True: "yes", False: "NO", None: ""}
+            lines.append(f"| {mark} {row['client']} | {yes[row.get('loads')]} | {matches} | "
+                         f"{yes[row.get('category_names')]} | {yes[row.get('scores_are_probabilities')]} | "
+                         f"{row.get('detail', '')} |")
+        lines += ["", report["clients"]["framing"]]
     lines += ["", "![parity](parity.png)", "", "## Model", ""]
     ops = report["conversion"]["weighted_ops"]
     lines += [f"- {name}: {count}" for name, count in ops.items()]
@@ -296,7 +345,7 @@ def render_parity_plot(parity, title):
 
 
 def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
-                 timings, command, keep_float=None):
+                 timings, command, keep_float=None, clients=None):
     """Assembles and atomically writes all artifacts. Returns the report dict."""
     import hashlib
 
@@ -334,11 +383,10 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
         },
         "weights": built.weights_source,
         "keep_float": keep_float,
+        "clients": None if clients is None else {"checked": clients, "framing": framing(spec)},
     }
     files = {
-        "model.tflite": converted.tflite,
-        "labels.txt": "\n".join(built.labels) + "\n",
-        "model_config.json": json.dumps(model_config(built, converted, spec), indent=2) + "\n",
+        **artifact_files(built, converted, spec),
         "report.json": json.dumps(report, indent=2) + "\n",
         "report.md": render_markdown(report),
         "parity.png": render_parity_plot(

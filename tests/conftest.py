@@ -117,3 +117,29 @@ def run_cli(module, *args, env=None, cwd=None, timeout=600):
         [sys.executable, "-m", f"pipeline.{module}", *map(str, args)],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
     )
+
+
+def _imagenet_224_export(keras_home, tmp_path_factory, name, *flags):
+    import json
+
+    if not IMAGENETTE.is_dir():
+        pytest.skip(f"needs Imagenette in {IMAGENETTE}")
+    out = tmp_path_factory.mktemp(name) / "out"
+    result = run_cli("export", "--quantize", "int8", "--weights", "imagenet",
+                     "--calibration", IMAGENETTE / "calib", "--eval", IMAGENETTE / "val", *flags,
+                     "--output", out, env={"KERAS_HOME": str(keras_home)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def imagenet_export(keras_home, tmp_path_factory):
+    """The README's export, once: ImageNet weights at 224, parity on all 3,925 val images."""
+    return _imagenet_224_export(keras_home, tmp_path_factory, "imagenet")
+
+
+@pytest.fixture(scope="session")
+def imagenet_float_io_export(keras_home, tmp_path_factory):
+    """The same with float32 input (what an app that normalizes itself ships), 400 val images."""
+    return _imagenet_224_export(keras_home, tmp_path_factory, "imagenet_float_io", "--io", "float32",
+                                "--eval-samples", "400")

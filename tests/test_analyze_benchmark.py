@@ -100,11 +100,11 @@ def test_ops_outside_the_delegate_are_counted_from_the_execution_plan(small_int8
         runner = device_runner.Runner(module, model_content=model.tflite, xnnpack=xnnpack)
         return device_runner.delegation(runner.interpreter)
 
-    # XNNPACK takes the whole float graph, and all of the int8 one but the uint8↔int8 QUANTIZE ops
-    # at its two ends; without XNNPACK every op runs on its own.
+    # XNNPACK takes the whole float graph, and all of the int8 one but the uint8→int8 QUANTIZE at
+    # its input (the softmax head hands out float32); without XNNPACK every op runs on its own.
     assert undelegated(small_float) == {"xnnpack_applied": True, "delegate_partitions": 1,
                                         "ops_not_delegated": 0}
-    assert undelegated(small_int8)["ops_not_delegated"] == 2
+    assert undelegated(small_int8)["ops_not_delegated"] == 1
     count = sum(small_int8.ops.values())
     assert undelegated(small_int8, xnnpack=False) == {"xnnpack_applied": False, "delegate_partitions": 0,
                                                       "ops_not_delegated": count}
@@ -188,7 +188,8 @@ PY38 = sorted(Path.home().glob(".pyenv/versions/3.8.*/bin/python"))
 @pytest.mark.skipif(not PY38, reason="no Python 3.8 interpreter (pyenv) on this machine")
 def test_device_runner_runs_on_python38_with_the_retired_tflite_runtime(small_int8, tmp_path):
     """A board with an old Python and only tflite-runtime: the runner still works, and reports
-    honestly that this runtime's default delegate did not take the int8 graph."""
+    honestly that this runtime's default delegate did not take the int8 graph (it takes only the
+    float32 softmax head)."""
     import subprocess
 
     env_dir = tmp_path / "py38"
@@ -204,7 +205,8 @@ def test_device_runner_runs_on_python38_with_the_retired_tflite_runtime(small_in
     assert report["device"]["python"].startswith("3.8.")
     assert report["runtime"]["name"] == "tflite-runtime"
     assert report["latency"][0]["runs"] == 3
-    assert report["latency"][0]["xnnpack_applied"] is False
+    row = report["latency"][0]
+    assert row["ops_not_delegated"] >= sum(small_int8.ops.values()) - 2, row
 
 
 @pytest.mark.bench

@@ -16,7 +16,7 @@ def test_peak_activation_memory_of_a_known_graph():
     class Built:
         keras_model = model
 
-    tflite = convert.convert(Built, None, convert.ConvertConfig("none")).tflite
+    tflite = convert.convert(Built, None, convert.ConvertConfig("none", head="logits")).tflite
     peak, traffic = compare.activation_memory(tflite)
     # At the second conv, the input (1024 B) is still needed by the skip branch and the 4096-byte
     # expansion is alive with the 512-byte result: 1024 + 4096 + 512.

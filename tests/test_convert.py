@@ -10,20 +10,56 @@ def _activation_dtypes(converted):
 
 
 def test_int8_is_full_integer_with_per_channel_weights(small_int8, small_float):
-    assert small_int8.input.dtype == "uint8" and small_int8.output.dtype == "uint8"
-    # MobileNetV2's [-1, 1] input on a uint8 grid: scale ≈ 2/255, zero point ≈ 127 (the exact
-    # values follow the calibration images' range; Google's release has 2/255 and 127).
-    assert small_int8.input.scale == pytest.approx(2 / 255, rel=0.01)
-    assert 126 <= small_int8.input.zero_point <= 128
+    # uint8 in; the softmax head's float32 probabilities out.
+    assert small_int8.input.dtype == "uint8" and small_int8.output.dtype == "float32"
+    # The input grid is set, not calibrated: scale 1/127.5 and zero point 127 (Google's release
+    # has the same), on which x = (p − 127)/127.5 is exactly the pixel byte.
+    assert small_int8.input.scale == np.float32(1 / 127.5) and small_int8.input.zero_point == 127
     weighted = small_int8.weighted_ops
     counts = {op: sum(w["op"] == op for w in weighted) for op in convert.WEIGHTED_OPS}
     # 35 convolutions (stem, 16 expansions, 17 projections, head), 17 depthwise, 1 classifier.
     assert counts == {"CONV_2D": 35, "DEPTHWISE_CONV_2D": 17, "FULLY_CONNECTED": 1}
     assert all(w["weight_dtype"] == "int8" and w["activation_dtype"] == "int8" and w["per_channel"]
                for w in weighted)
-    # Nothing runs in float: only the boundary QUANTIZE ops see uint8.
-    assert _activation_dtypes(small_int8) == {"int8", "uint8"}
+    # Nothing runs in float but the softmax head: only the boundary QUANTIZE op sees uint8, and
+    # the int8 logits are dequantized into a float32 SOFTMAX.
+    assert _activation_dtypes(small_int8) == {"int8", "uint8", "float32"}
+    assert small_int8.ops["SOFTMAX[float32]"] == 1 and small_int8.ops["DEQUANTIZE[int8]"] == 1
+    assert convert.output_kind(small_int8.tflite) == "probabilities"
     assert small_int8.size_bytes < small_float.size_bytes / 3
+
+
+def test_a_dim_calibration_set_still_gives_the_raw_byte_input_grid(small_built, small_calibration):
+    # Images that never reach pixel 0 or 255 would calibrate a narrower input range; the range is
+    # set from the preprocessing instead, so raw bytes stay exactly the input.
+    dim = small_calibration.arrays[:4] * 0.5
+    converted = convert.convert(small_built, dim, convert.ConvertConfig("int8"))
+    assert converted.input.scale == np.float32(1 / 127.5) and converted.input.zero_point == 127
+
+
+def test_logits_head_keeps_todays_model(small_built, small_calibration):
+    cfg = convert.ConvertConfig("int8", head="logits")
+    converted = convert.convert(small_built, small_calibration.arrays[:4], cfg)
+    assert converted.output.dtype == "uint8" and converted.output.scale
+    assert convert.output_kind(converted.tflite) == "logits"
+    assert _activation_dtypes(converted) == {"int8", "uint8"}
+
+
+def test_probabilities_head_is_softmax_of_the_logits_head(small_built, small_calibration):
+    """Both heads come from the same calibration: the deployed probabilities are exactly the
+    softmax of the logits model's dequantized output (so parity measured on either is the same)."""
+    from pipeline.device_runner import Runner, load_runtime
+    from pipeline.verify import as_logits, log_softmax
+
+    arrays = small_calibration.arrays[:4]
+    logits = convert.convert(small_built, arrays, convert.ConvertConfig("int8", head="logits"))
+    probabilities = convert.convert(small_built, arrays, convert.ConvertConfig("int8"))
+    _, _, module = load_runtime()
+    x = small_calibration.arrays[4:12]
+    from_logits = np.exp(log_softmax(Runner(module, model_content=logits.tflite)(x)))
+    deployed = Runner(module, model_content=probabilities.tflite)(x)
+    np.testing.assert_allclose(deployed, from_logits, atol=2e-6)
+    assert np.array_equal(as_logits(deployed, "probabilities").argmax(-1), from_logits.argmax(-1))
 
 
 def test_int8_conversion_is_byte_identical_on_rerun(small_built, small_calibration, small_int8):
@@ -40,7 +76,7 @@ def test_calibration_data_changes_the_model(small_built, small_calibration, smal
 @pytest.mark.parametrize("io_type, dtype", [("int8", "int8"), ("float32", "float32")])
 def test_int8_io_types(small_built, small_calibration, io_type, dtype):
     converted = convert.convert(small_built, small_calibration.arrays[:4],
-                                convert.ConvertConfig("int8", io=io_type))
+                                convert.ConvertConfig("int8", io=io_type, head="logits"))
     assert converted.input.dtype == dtype and converted.output.dtype == dtype
     assert all(w["weight_dtype"] == "int8" for w in converted.weighted_ops)
 
@@ -96,8 +132,8 @@ def test_keep_float_leaves_named_layers_in_float(small_built, small_calibration)
     depthwise = [w for w in converted.weighted_ops if w["op"] == "DEPTHWISE_CONV_2D"]
     assert sum(w["activation_dtype"] == "float32" for w in depthwise) == 2
     assert sum(w["weight_dtype"] == "int8" and w["per_channel"] for w in depthwise) == 15
-    # The app-facing contract is unchanged: uint8 in and out.
-    assert converted.input.dtype == "uint8" and converted.output.dtype == "uint8"
+    # The app-facing contract is unchanged: uint8 in, probabilities out.
+    assert converted.input.dtype == "uint8" and converted.output.dtype == "float32"
     assert "DEQUANTIZE[int8]" in converted.ops and converted.summary()["keep_float"] == list(keep)
 
 
@@ -108,13 +144,14 @@ def test_keep_float_unknown_layer_is_refused(small_built, small_calibration):
 
 
 def test_litert_quantizer_backend_gives_full_int8(small_built, small_calibration, small_float):
-    cfg = convert.ConvertConfig("int8", backend="litert-quantizer")
-    converted = convert.convert(small_built, small_calibration.arrays[:8], cfg, small_float.tflite)
+    cfg = convert.ConvertConfig("int8", backend="litert-quantizer", head="logits")
+    logits_float = convert.convert(small_built, None, convert.ConvertConfig("none", head="logits"))
+    converted = convert.convert(small_built, small_calibration.arrays[:8], cfg, logits_float.tflite)
     assert converted.input.dtype == "int8" and converted.output.dtype == "int8"
     assert all(w["weight_dtype"] == "int8" and w["activation_dtype"] == "int8" and w["per_channel"]
                for w in converted.weighted_ops)
     assert len(converted.weighted_ops) == 53
-    again = convert.convert(small_built, small_calibration.arrays[:8], cfg, small_float.tflite)
+    again = convert.convert(small_built, small_calibration.arrays[:8], cfg, logits_float.tflite)
     assert again.tflite == converted.tflite
     assert converted.summary()["backend"] == "litert-quantizer"
 
@@ -134,6 +171,9 @@ def test_litert_recipe_is_the_packaged_one_with_the_algorithm():
     (convert.ConvertConfig("int8", backend="litert-quantizer", keep_float=("x",)), "need --backend tflite-converter"),
     (convert.ConvertConfig("int8", ranges="percentile", percentile=80), "must be in \\(90, 100\\]"),
     (convert.ConvertConfig("dynamic", ranges="percentile"), "works with --quantize int8"),
+    # Its recipe would quantize the softmax into an int8 output that clients refuse.
+    (convert.ConvertConfig("int8", backend="litert-quantizer"), "add --head logits"),
+    (convert.ConvertConfig("int8", head="softmax"), "--head softmax is unknown"),
 ])
 def test_litert_backend_refuses_what_it_cannot_do(cfg, words):
     with pytest.raises(PipelineInputError, match=words):

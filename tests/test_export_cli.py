@@ -58,12 +58,15 @@ def test_model_config_tells_an_app_how_to_feed_the_model(small_export):
     assert config["model_file"] == "model.tflite" and config["labels_file"] == "labels.txt"
     assert config["input"]["shape"] == [1, 96, 96, 3] and config["input"]["dtype"] == "uint8"
     q = config["input"]["quantization"]
-    assert 0.0077 < q["scale"] < 0.0080 and 126 <= q["zero_point"] <= 128
     pre = config["preprocessing"]
     assert pre["resize"]["size"] == [96, 96] and pre["crop"]["crop_fraction"] == 1.0
-    assert pre["normalize"]["scale"] == pytest.approx(1 / 127.5) and pre["normalize"]["offset"] == -1.0
-    assert config["output"]["meaning"] == "logits" and config["output"]["classes"] == 1000
-    assert "softmax" in config["output"]["postprocessing"]
+    assert (pre["normalize"]["mean"], pre["normalize"]["std"]) == (127.0, 127.5)
+    # Probabilities out (a float32 softmax inside the model), raw bytes in.
+    assert config["output"]["meaning"] == "probabilities" and config["output"]["classes"] == 1000
+    assert config["output"]["dtype"] == "float32" and "quantization" not in config["output"]
+    assert "softmax inside the model" in config["output"]["postprocessing"]
+    assert config["input"]["contract"].startswith("uint8: write the RGB bytes")
+    assert (q["scale"], q["zero_point"]) == (pytest.approx(1 / 127.5, rel=1e-6), 127)
 
 
 def test_report_holds_the_promised_fields(small_export, calibration_folder):
@@ -77,6 +80,13 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     assert report["latency_ratio"] == {"value": 1.0, "threads": 1, "reference": {"kind": "self"},
                                        "median_ms": report["latency_ms"]["1"]["median"]}
     assert "latency ratio 1.00×" in (out / "report.md").read_text()
+    # Each client was run on the model as written, not assumed to take it.
+    clients = {row["client"].split(" (")[0]: row for row in report["clients"]["checked"]}
+    assert clients["MediaPipe Tasks ImageClassifier"]["ok"] is True
+    assert clients["MediaPipe Tasks ImageClassifier"]["category_names"] is True
+    assert clients["Android demo app"]["ok"] is True
+    assert "region_of_interest" in report["clients"]["framing"]
+    assert "## Clients" in (out / "report.md").read_text()
     assert set(report["float"]) == {"top1", "top5"} and set(report["tflite"]) == {"top1", "top5"}
     assert report["size_bytes"] == (out / "model.tflite").stat().st_size
     assert report["sha256"]["model"] == hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()

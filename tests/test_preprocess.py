@@ -48,20 +48,36 @@ def test_output_shape_dtype_and_exact_endpoints(tmp_path):
     x = preprocess(str(path), SPEC)
     assert x.shape == (96, 96, 3)
     assert x.dtype == np.float32
-    assert x.min() >= -1.0 and x.max() <= 1.0
-    # pixel 0 -> -1.0 and 255 -> 1.0 exactly, 128 -> 128/127.5 - 1.
-    assert np.all(x[..., 0] == np.float32(-1.0))
-    assert np.all(x[..., 1] == np.float32(1.0))
-    np.testing.assert_allclose(x[..., 2], 128 / 127.5 - 1, rtol=0, atol=1e-6)
+    low, high = SPEC.value_range()
+    assert x.min() >= np.float32(low) and x.max() <= np.float32(high)
+    # x = (p - 127) / 127.5 in float32, exactly as MediaPipe normalizes a float input.
+    assert np.all(x[..., 0] == np.float32(-127) / np.float32(127.5))
+    assert np.all(x[..., 1] == np.float32(128) / np.float32(127.5))
+    assert np.all(x[..., 2] == np.float32(1) / np.float32(127.5))
 
 
-def test_normalize_maps_full_uint8_range_into_minus_one_one():
+def test_normalize_maps_full_uint8_range_onto_the_uint8_input_grid():
     ramp = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     x = normalize(ramp, SPEC)
     assert x.dtype == np.float32
-    assert x.min() == -1.0 and x.max() == 1.0
+    assert (x.min(), x.max()) == tuple(np.float32(v) for v in SPEC.value_range())
     assert np.all(np.diff(x[..., 0].ravel()) > 0)  # strictly increasing: no clipping, no folding
-    np.testing.assert_allclose(x[..., 0].ravel(), np.arange(256) / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(x[..., 0].ravel(), (np.arange(256) - 127) / 127.5, atol=1e-7)
+
+
+def test_raw_bytes_are_exactly_the_quantized_input():
+    """A client that writes the camera's bytes into the uint8 input (MediaPipe, the Task Library)
+    gives the model exactly the tensor the pipeline calibrated and evaluated on: q = p for every
+    pixel, on the grid the export produces (scale 1/127.5 as float32, zero point 127)."""
+    from pipeline.device_runner import quantize_input
+
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    grid = {"dtype": np.uint8, "quantization": (float(np.float32(1 / 127.5)), 127)}
+    assert np.array_equal(quantize_input(normalize(ramp, SPEC), grid), ramp)
+    # int8 input: the byte minus 128.
+    grid = {"dtype": np.int8, "quantization": (float(np.float32(1 / 127.5)), -1)}
+    assert np.array_equal(quantize_input(normalize(ramp, SPEC), grid).astype(np.int16),
+                          ramp.astype(np.int16) - 128)
 
 
 @pytest.mark.parametrize("resolution", [96, 160])
@@ -126,7 +142,7 @@ def test_image_mode_is_converted_to_expected_rgb(tmp_path, factory, name, stored
         assert stored.mode == stored_mode
     _assert_solid(pixels(str(path), SPEC), rgb)
     x = preprocess(path, SPEC)
-    np.testing.assert_allclose(x[0, 0], np.array(rgb) / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(x[0, 0], (np.array(rgb) - 127) / 127.5, atol=1e-6)
 
 
 def test_i16_keeps_high_byte_per_pixel(tmp_path):
@@ -291,7 +307,7 @@ def test_identity_size_passes_through_unchanged(tmp_path):
     out = pixels(path, Preprocessing(resolution=224, crop_fraction=1.0))
     np.testing.assert_array_equal(out, original)  # no resampling on identity
     x = preprocess(path, Preprocessing(resolution=224, crop_fraction=1.0))
-    np.testing.assert_array_equal(x, original.astype(np.float32) * np.float32(1 / 127.5) - 1)
+    np.testing.assert_array_equal(x, (original.astype(np.float32) - 127) / np.float32(127.5))
 
 
 @pytest.mark.parametrize("size", [(120, 90), (400, 300)])  # enlarging, and shrinking
@@ -412,12 +428,11 @@ def test_to_config_describes_the_steps_and_is_json():
     assert round_tripped == config
     assert config["crop"]["crop_fraction"] == 0.875
     assert config["resize"]["size"] == [160, 160]
-    assert config["normalize"]["scale"] == pytest.approx(1 / 127.5)
-    assert config["normalize"]["offset"] == -1.0
-    # The recorded scale/offset reproduce the end points of the range they claim.
-    scale, offset = config["normalize"]["scale"], config["normalize"]["offset"]
-    assert 0 * scale + offset == pytest.approx(config["normalize"]["range"][0])
-    assert 255 * scale + offset == pytest.approx(config["normalize"]["range"][1])
+    assert (config["normalize"]["mean"], config["normalize"]["std"]) == (127.0, 127.5)
+    # The recorded mean/std reproduce the end points of the range they claim.
+    mean, std = config["normalize"]["mean"], config["normalize"]["std"]
+    assert (0 - mean) / std == pytest.approx(config["normalize"]["range"][0])
+    assert (255 - mean) / std == pytest.approx(config["normalize"]["range"][1])
     assert Preprocessing(crop_fraction=1.0).to_config()["crop"]["crop_fraction"] == 1.0
 
 
@@ -433,7 +448,7 @@ def test_shared_photos_preprocess(shared_dir):
         x = preprocess(path, SPEC)
         assert x.shape == (96, 96, 3), path
         assert x.dtype == np.float32, path
-        assert -1.0 <= x.min() and x.max() <= 1.0, path
+        assert -1.0 <= x.min() and x.max() <= 1.01, path
         assert x.std() > 0.05, f"{path} came out (nearly) constant"
     loaded = load_images(photos, SPEC)
     assert loaded.skipped == [] and loaded.arrays.shape == (len(photos), 96, 96, 3)

@@ -19,11 +19,11 @@ data class ModelConfig(
     val labelsFile: String,
     val input: TensorSpec,
     val output: TensorSpec,
-    val outputMeaning: String,  // "logits" (apply softmax) or "scores"
+    val outputMeaning: String,  // "probabilities" (as they are), "logits" (apply softmax) or "scores"
     val cropFraction: Double,
     val resolution: Int,
-    val normalizeScale: Float,
-    val normalizeOffset: Float,
+    val normalizeMean: Float,   // x = (pixel - mean) / std
+    val normalizeStd: Float,
 ) {
     companion object {
         fun parse(json: String): ModelConfig {
@@ -40,8 +40,8 @@ data class ModelConfig(
                 outputMeaning = output.get("meaning").asString,
                 cropFraction = pre.getAsJsonObject("crop").get("crop_fraction").asDouble,
                 resolution = size[0].asInt,
-                normalizeScale = normalize.get("scale").asFloat,
-                normalizeOffset = normalize.get("offset").asFloat,
+                normalizeMean = normalize.get("mean").asFloat,
+                normalizeStd = normalize.get("std").asFloat,
             )
         }
 

@@ -19,7 +19,7 @@ class RgbImage(val width: Int, val height: Int, val data: ByteArray) {
 /**
  * The pipeline's one preprocessing function (pipeline/preprocess.py), step for step, so that the
  * app feeds the model exactly the tensors it was calibrated and verified on:
- * EXIF orientation → center square crop → Pillow's bilinear resize → x = p * scale + offset →
+ * EXIF orientation → center square crop → Pillow's bilinear resize → x = (p - mean) / std →
  * quantize with the input tensor's scale and zero point.
  *
  * Decoding stays with the platform (Android's BitmapFactory): JPEG decoders differ in their IDCT,
@@ -181,7 +181,7 @@ object Preprocess {
     }
 
     /**
-     * Pixels → the input tensor's bytes: x = p * scale + offset in float32, then
+     * Pixels → the input tensor's bytes: x = (p - mean) / std in float32, then
      * q = clamp(round_half_even(x / input scale) + zero point) for uint8/int8 inputs;
      * float32 inputs get x in native (little-endian) order.
      */
@@ -209,7 +209,7 @@ object Preprocess {
     }
 
     private fun normalize(pixel: Int, config: ModelConfig): Float =
-        pixel.toFloat() * config.normalizeScale + config.normalizeOffset
+        (pixel.toFloat() - config.normalizeMean) / config.normalizeStd
 
     /** Python's round(): half to even. */
     private fun pythonRound(value: Double): Int = Math.rint(value).roundToInt()

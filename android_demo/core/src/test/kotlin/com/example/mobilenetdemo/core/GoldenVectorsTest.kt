@@ -41,8 +41,8 @@ class GoldenVectorsTest {
             outputMeaning = meaning,
             cropFraction = meta.get("crop_fraction")?.asDouble ?: 1.0,
             resolution = resolution,
-            normalizeScale = meta.get("normalize_scale")?.asFloat ?: (1 / 127.5).toFloat(),
-            normalizeOffset = meta.get("normalize_offset")?.asFloat ?: -1f,
+            normalizeMean = meta.get("normalize_mean")?.asFloat ?: 127f,
+            normalizeStd = meta.get("normalize_std")?.asFloat ?: 127.5f,
         )
     }
 

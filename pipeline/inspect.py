@@ -1,0 +1,194 @@
+"""A `.tflite` model's contract, read from the file alone: what an app or a runtime sees.
+
+    python -m pipeline.inspect OUT/model.tflite           # for a person
+    python -m pipeline.inspect OUT/model.tflite --json    # for a script
+
+Inputs and outputs (shape, dtype, quantization), the TFLite Metadata (name, version, licence,
+normalization, what the output means), the packed labels, the ops and how they are quantized, and
+what the mainstream image-classification clients accept of it.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline.errors import PipelineInputError
+
+# What MediaPipe Tasks' ImageClassifier takes (the Task Library's rules are the same): measured
+# with mediapipe 1.2.x, which refuses an int8 output and a float32 input without normalization.
+CLIENT_INPUT_DTYPES = ("uint8", "float32")
+CLIENT_OUTPUT_DTYPES = ("uint8", "float32")
+
+
+def read_model(path):
+    """The bytes of a `.tflite` file, refused in one line when it is not one."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineInputError(f"{path}: no such model file") from None
+    except IsADirectoryError:
+        raise PipelineInputError(f"{path} is a folder: pass a .tflite file") from None
+    except OSError as error:
+        raise PipelineInputError(f"cannot read {path}: {error.strerror}") from None
+    # A TFLite flatbuffer carries its file identifier "TFL3" at bytes 4..8.
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise PipelineInputError(f"{path} is not a TFLite model (no TFL3 identifier): pass a .tflite "
+                                 "file written by the converter")
+    return data
+
+
+def _tensor(detail):
+    scale, zero_point = detail["quantization"]
+    spec = {"name": detail["name"], "shape": [int(d) for d in detail["shape"]],
+            "dtype": detail["dtype"].__name__}
+    if scale:
+        spec["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+    return spec
+
+
+def contract(model_bytes, where="model"):
+    """Everything `inspect` prints, as a dict."""
+    from pipeline import convert, metadata
+    from pipeline.device_runner import Runner, load_runtime
+
+    _, _, module = load_runtime()
+    try:
+        runner = Runner(module, model_content=model_bytes)
+    except (ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise PipelineInputError(f"{where} does not load in LiteRT ({reason}): re-export it") from None
+    interpreter = runner.interpreter
+    inputs = [_tensor(d) for d in interpreter.get_input_details()]
+    outputs = [_tensor(d) for d in interpreter.get_output_details()]
+    ops, weighted = convert.inspect_tflite(model_bytes)
+    try:
+        found, files = metadata.read_metadata(model_bytes)
+    except (ValueError, RuntimeError) as error:
+        found, files = {"error": " ".join(str(error).split())[:200]}, {}
+    labels = None
+    for name, data in files.items():
+        if name.endswith(".txt"):
+            try:
+                labels = data.decode("utf-8").splitlines()
+            except UnicodeDecodeError:
+                labels = None
+    return {
+        "size_bytes": len(model_bytes),
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "inputs": inputs,
+        "outputs": outputs,
+        "output_kind": convert.output_kind(model_bytes),
+        "macs": convert.model_macs(model_bytes),
+        "metadata": found,
+        "packed_files": sorted(files),
+        "labels": labels,
+        "ops": ops,
+        "weighted_ops": convert.summarize_weighted_ops(weighted),
+        "clients": client_verdicts(inputs, outputs, found),
+    }
+
+
+def client_verdicts(inputs, outputs, found):
+    """Whether MediaPipe Tasks' / the Task Library's image classifier can take the model, and why
+    not; from the contract alone (pipeline.clients runs the real ones)."""
+    problems = []
+    if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][-1] != 3:
+        problems.append("needs one [1, h, w, 3] RGB image input")
+    elif inputs[0]["dtype"] not in CLIENT_INPUT_DTYPES:
+        problems.append(f"refuses {inputs[0]['dtype']} input (takes uint8 or float32)")
+    elif inputs[0]["dtype"] == "float32" and not _has_normalization(found):
+        problems.append("a float32 input needs NormalizationOptions in the metadata")
+    if len(outputs) != 1:
+        problems.append(f"reads one score tensor; this model has {len(outputs)} outputs")
+    elif outputs[0]["dtype"] not in CLIENT_OUTPUT_DTYPES:
+        problems.append(f"refuses {outputs[0]['dtype']} output (takes uint8 or float32)")
+    named = bool(found) and "error" not in found and _has_labels(found)
+    return {"image_classifier": {"loads": not problems, "problems": problems,
+                                 "category_names": named}}
+
+
+def _subgraph(found):
+    return ((found or {}).get("subgraph_metadata") or [{}])[0]
+
+
+def _has_normalization(found):
+    for tensor in _subgraph(found).get("input_tensor_metadata") or []:
+        for unit in tensor.get("process_units") or []:
+            if unit.get("options_type") == "NormalizationOptions":
+                return True
+    return False
+
+
+def _has_labels(found):
+    for tensor in _subgraph(found).get("output_tensor_metadata") or []:
+        for item in tensor.get("associated_files") or []:
+            if item.get("type") == "TENSOR_AXIS_LABELS":
+                return True
+    return False
+
+
+def render(info, path):
+    lines = [f"{path}: {info['size_bytes']:,} bytes, sha256 {info['sha256'][:16]}…, "
+             f"{info['macs'] / 1e6:,.1f}M MACs"]
+    for kind in ("inputs", "outputs"):
+        for tensor in info[kind]:
+            q = tensor.get("quantization")
+            lines.append(f"  {kind[:-1]:6} {tensor['name']}: {tensor['shape']} {tensor['dtype']}"
+                         + (f", scale {q['scale']:.6g} zero point {q['zero_point']}" if q else ""))
+    lines.append(f"  output is {info['output_kind']}")
+    found = info["metadata"]
+    if not found:
+        lines.append("  metadata: none (clients get no label names or normalization)")
+    elif "error" in found:
+        lines.append(f"  metadata: unreadable ({found['error']})")
+    else:
+        lines.append(f"  metadata: {found.get('name')} v{found.get('version')}, "
+                     f"licence {found.get('license') or '—'}, author {found.get('author') or '—'}, "
+                     f"min parser {found.get('min_parser_version')}")
+        if found.get("description"):
+            lines.append(f"    {found['description']}")
+        subgraph = _subgraph(found)
+        for tensor in subgraph.get("input_tensor_metadata") or []:
+            for unit in tensor.get("process_units") or []:
+                options = unit.get("options") or {}
+                lines.append(f"    input normalization: mean {options.get('mean')} std {options.get('std')}")
+        for tensor in subgraph.get("output_tensor_metadata") or []:
+            lines.append(f"    output: {tensor.get('description')}")
+    if info["labels"] is not None:
+        shown = ", ".join(info["labels"][:5])
+        lines.append(f"  labels (packed): {len(info['labels'])}: {shown}{', …' if len(info['labels']) > 5 else ''}")
+    verdict = info["clients"]["image_classifier"]
+    lines.append("  MediaPipe / Task Library image classifier: "
+                 + ("takes it" + ("" if verdict["category_names"] else ", but categories have no names")
+                    if verdict["loads"] else "REFUSES it: " + "; ".join(verdict["problems"])))
+    lines.append("  ops: " + ", ".join(f"{k} ×{v}" for k, v in info["ops"].items()))
+    for line, count in info["weighted_ops"].items():
+        lines.append(f"    {line}: {count}")
+    return "\n".join(lines)
+
+
+def define_flags():
+    from pipeline.cli import define
+
+    define("bool", "json", False, "Print the contract as JSON.")
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise PipelineInputError("give one model: python -m pipeline.inspect MODEL.tflite")
+    path = argv[1]
+    info = contract(read_model(path), where=path)
+    from absl import flags
+
+    if flags.FLAGS["json"].value:
+        print(json.dumps(info, indent=2))
+    else:
+        print(render(info, path))
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run
+
+    define_flags()
+    run(main)
