@@ -263,7 +263,7 @@ def output_kind(model_bytes):
     return "logits"
 
 
-def calibrating_converter(built, calibration_arrays, per_channel, head="logits"):
+def calibrating_converter(built, calibration_arrays, per_channel, head):
     import numpy as np
     import tensorflow as tf
 

@@ -106,7 +106,8 @@ def make_debugger(built, calibration_arrays, debug_arrays, per_channel=True):
     from pipeline.convert import calibrating_converter
     from pipeline.device_runner import quiet_native_stderr
 
-    converter = calibrating_converter(built, calibration_arrays, per_channel)
+    # Per-layer errors are measured up to the logits: a float softmax head has none to show.
+    converter = calibrating_converter(built, calibration_arrays, per_channel, "logits")
     # Float fallback must be allowed for kept-float layers; the rest stays int8.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]

@@ -149,3 +149,21 @@ def test_mediapipe_ships_its_native_metadata_version_module():
     probe = ("import importlib.util; importlib.util.find_spec("
              f"{metadata.MISSING_NATIVE_MODULE!r}).loader.load_module")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def test_tflite_supports_displayer_reads_it_back(labelled_model):
+    """The other maintained reader, where it imports: tflite-support's MetadataDisplayer."""
+    import contextlib
+    import io
+    import json
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            from tflite_support import metadata as tflite_support_metadata
+    except Exception as error:  # noqa: BLE001 — any import failure means "not here"
+        pytest.skip(f"tflite-support's metadata module does not import here "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+    displayer = tflite_support_metadata.MetadataDisplayer.with_model_buffer(labelled_model)
+    found = json.loads(displayer.get_metadata_json())
+    assert found["name"] == "MobileNetV2 test"
+    assert displayer.get_packed_associated_file_list() == ["labels.txt"]
