@@ -170,3 +170,15 @@ def check_clients(model_bytes, paths, spec, config_files=None, scratch_dir=None)
             rows.append({"client": "Android demo app (android_demo/)", "loads": False, "ok": False,
                          "detail": str(error)})
     return rows
+
+
+def format_rows(rows):
+    """One ✓/✗/– line per client, for the console."""
+    lines = []
+    for row in rows:
+        mark = {True: "✓", False: "✗", None: "–"}[row.get("ok")]
+        matches = f"top-1 as ours on {row['top1_matches']}/{row['images']}; " if "top1_matches" in row else ""
+        named = "" if row.get("category_names", True) else "categories unnamed; "
+        scores = "" if row.get("scores_are_probabilities", True) else "scores are not probabilities; "
+        lines.append(f"{mark} {row['client']}: {matches}{named}{scores}{row.get('detail', '')}")
+    return "\n".join(lines)

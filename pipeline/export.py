@@ -164,6 +164,7 @@ def main(argv):
         raise PipelineInputError(f"unexpected argument {argv[1]!r}: all inputs are --flags (see --help)")
     written, out_dir, parity = export_from_flags(FLAGS)
     print(verify.format_checks(parity))
+    print(clients.format_rows(written["clients"]["checked"]))
     latency = written["latency_ms"]
     print(f"{out_dir}/model.tflite: {written['size_bytes'] / 1e6:.2f} MB, "
           + ", ".join(f"{t} thread{'s' if t != '1' else ''} {v['median']:.2f} ms" for t, v in latency.items())

@@ -48,6 +48,9 @@ def test_export_writes_every_artifact(small_export):
     out, result = small_export
     assert {p.name for p in out.iterdir()} == ARTIFACTS
     assert "Traceback" not in result.stderr
+    # The clients it was checked with, one line each.
+    assert "✓ MediaPipe Tasks ImageClassifier (mediapipe " in result.stdout
+    assert "✓ Android demo app (android_demo/)" in result.stdout
     labels = (out / "labels.txt").read_text().splitlines()
     assert len(labels) == 1000 and labels[0] == "tench"
 
