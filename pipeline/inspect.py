@@ -12,6 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from pipeline import metadata
 from pipeline.errors import PipelineInputError
 
 # What MediaPipe Tasks' ImageClassifier takes (the Task Library's rules are the same): measured
@@ -49,7 +50,7 @@ def _tensor(detail):
 
 def contract(model_bytes, where="model"):
     """Everything `inspect` prints, as a dict."""
-    from pipeline import convert, metadata
+    from pipeline import convert
     from pipeline.device_runner import Runner, load_runtime
 
     _, _, module = load_runtime()
@@ -97,35 +98,15 @@ def client_verdicts(inputs, outputs, found):
         problems.append("needs one [1, h, w, 3] RGB image input")
     elif inputs[0]["dtype"] not in CLIENT_INPUT_DTYPES:
         problems.append(f"refuses {inputs[0]['dtype']} input (takes uint8 or float32)")
-    elif inputs[0]["dtype"] == "float32" and not _has_normalization(found):
+    elif inputs[0]["dtype"] == "float32" and not metadata.normalization_options(found):
         problems.append("a float32 input needs NormalizationOptions in the metadata")
     if len(outputs) != 1:
         problems.append(f"reads one score tensor; this model has {len(outputs)} outputs")
     elif outputs[0]["dtype"] not in CLIENT_OUTPUT_DTYPES:
         problems.append(f"refuses {outputs[0]['dtype']} output (takes uint8 or float32)")
-    named = bool(found) and "error" not in found and _has_labels(found)
+    named = bool(found) and "error" not in found and metadata.has_label_file(found)
     return {"image_classifier": {"loads": not problems, "problems": problems,
                                  "category_names": named}}
-
-
-def _subgraph(found):
-    return ((found or {}).get("subgraph_metadata") or [{}])[0]
-
-
-def _has_normalization(found):
-    for tensor in _subgraph(found).get("input_tensor_metadata") or []:
-        for unit in tensor.get("process_units") or []:
-            if unit.get("options_type") == "NormalizationOptions":
-                return True
-    return False
-
-
-def _has_labels(found):
-    for tensor in _subgraph(found).get("output_tensor_metadata") or []:
-        for item in tensor.get("associated_files") or []:
-            if item.get("type") == "TENSOR_AXIS_LABELS":
-                return True
-    return False
 
 
 def render(info, path):
@@ -148,13 +129,10 @@ def render(info, path):
                      f"min parser {found.get('min_parser_version')}")
         if found.get("description"):
             lines.append(f"    {found['description']}")
-        subgraph = _subgraph(found)
-        for tensor in subgraph.get("input_tensor_metadata") or []:
-            for unit in tensor.get("process_units") or []:
-                options = unit.get("options") or {}
-                lines.append(f"    input normalization: mean {options.get('mean')} std {options.get('std')}")
-        for tensor in subgraph.get("output_tensor_metadata") or []:
-            lines.append(f"    output: {tensor.get('description')}")
+        options = metadata.normalization_options(found)
+        if options is not None:
+            lines.append(f"    input normalization: mean {options.get('mean')} std {options.get('std')}")
+        lines += [f"    output: {description}" for description in metadata.output_descriptions(found)]
     if info["labels"] is not None:
         shown = ", ".join(info["labels"][:5])
         lines.append(f"  labels (packed): {len(info['labels'])}: {shown}{', …' if len(info['labels']) > 5 else ''}")

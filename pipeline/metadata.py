@@ -194,6 +194,31 @@ def read_metadata(model_bytes):
     return json.loads(displayer.get_metadata_json()), files
 
 
+def _subgraph(found):
+    return ((found or {}).get("subgraph_metadata") or [{}])[0]
+
+
+def normalization_options(found):
+    """The input's NormalizationOptions ({"mean": [...], "std": [...]}) in a read_metadata dict,
+    or None."""
+    for tensor in _subgraph(found).get("input_tensor_metadata") or []:
+        for unit in tensor.get("process_units") or []:
+            if unit.get("options_type") == "NormalizationOptions":
+                return unit.get("options") or {}
+    return None
+
+
+def has_label_file(found):
+    """Whether the output carries its labels (TENSOR_AXIS_LABELS) in a read_metadata dict."""
+    return any(item.get("type") == "TENSOR_AXIS_LABELS"
+               for tensor in _subgraph(found).get("output_tensor_metadata") or []
+               for item in tensor.get("associated_files") or [])
+
+
+def output_descriptions(found):
+    return [tensor.get("description") for tensor in _subgraph(found).get("output_tensor_metadata") or []]
+
+
 def describe_output(built, converted):
     """What the scores mean, in the words the metadata and config carry."""
     if converted.output.dtype == "float32" and converted.config.head == "probabilities" \

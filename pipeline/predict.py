@@ -45,15 +45,12 @@ def _spec_from_config(config, where):
 def _spec_from_metadata(found, input_shape):
     """Preprocessing from the model's own metadata: x = (p − mean) / std, the whole frame's centre
     square resized to the input size."""
-    from pipeline.inspect import _subgraph
+    from pipeline.metadata import normalization_options
 
     spec = Preprocessing(resolution=int(input_shape[1]))
-    for tensor in _subgraph(found).get("input_tensor_metadata") or []:
-        for unit in tensor.get("process_units") or []:
-            options = unit.get("options") or {}
-            if unit.get("options_type") == "NormalizationOptions" and options.get("std"):
-                mean, std = float(options["mean"][0]), float(options["std"][0])
-                return dataclasses.replace(spec, mean=mean, std=std)
+    options = normalization_options(found) or {}
+    if options.get("std"):
+        return dataclasses.replace(spec, mean=float(options["mean"][0]), std=float(options["std"][0]))
     return spec
 
 
