@@ -320,7 +320,10 @@ def build_model(cfg):
             inputs = keras.Input((cfg.resolution, cfg.resolution, 3))
             model = keras.Model(inputs, model(inputs))
             resolution = cfg.resolution
+        # pipeline.train writes OUT/model.keras: the folder names the model then.
         name = Path(cfg.model_path).stem
+        if name == "model" and Path(cfg.model_path).absolute().parent.name:
+            name = Path(cfg.model_path).absolute().parent.name
         architecture = {"source": "saved model", "file": str(cfg.model_path)}
     else:
         _check_config(cfg)

@@ -79,8 +79,60 @@ class CalibrationSet:
         }
 
 
+IMAGE_LIST_FORMAT = "pipeline.image_list"
+
+
+def write_image_list(root, files, note):
+    """An image list (JSON): a chosen subset of a folder, e.g. pipeline.train's held-out split, that
+    --calibration and --eval take in place of a folder. Paths are relative to `root`; the class of a
+    file is its first path component, as in a folder."""
+    import json
+
+    return json.dumps({
+        "format": IMAGE_LIST_FORMAT, "version": 1, "note": note,
+        "root": str(Path(root).absolute()),
+        "files": [Path(f).relative_to(root).as_posix() for f in files],
+    }, indent=1, ensure_ascii=False) + "\n"
+
+
+def read_image_list(path):
+    """The ImageFolder an image list names; every listed file must still exist."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise PipelineInputError(f"cannot read image list {path}: {error}; pass a folder of images "
+                                 "or a list written by pipeline.train") from None
+    if (not isinstance(data, dict) or data.get("format") != IMAGE_LIST_FORMAT
+            or not isinstance(data.get("root"), str) or not isinstance(data.get("files"), list)
+            or not all(isinstance(f, str) and f for f in data["files"])):
+        raise PipelineInputError(f"{path} is not an image list (a JSON file written by "
+                                 "pipeline.train with format, root and files): pass a folder of images")
+    root = Path(data["root"])
+    files = [root / f for f in data["files"]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise PipelineInputError(
+            f"image list {path} names {len(missing)} files that do not exist (first: {missing[0]}): "
+            f"the images were moved from {root}; re-run pipeline.train or pass a folder")
+    classes = [Path(f).parts[0] if len(Path(f).parts) > 1 else None for f in data["files"]]
+    if any(c is None for c in classes):
+        classes = [None] * len(files)
+    order = sorted(range(len(files)), key=lambda i: data["files"][i])
+    return ImageFolder(root=root, files=[files[i] for i in order], classes=[classes[i] for i in order])
+
+
+def is_image_list(path):
+    return Path(path).is_file() and Path(path).suffix.lower() == ".json"
+
+
 def scan_images(root):
-    """Lists image files under `root`, recursively, sorted; the class of a file is its top folder."""
+    """Lists image files under `root`, recursively, sorted; the class of a file is its top folder.
+
+    `root` may also be an image list (`write_image_list`): then exactly the files it names."""
+    if is_image_list(root):
+        return read_image_list(root)
     root = Path(root)
     if not root.exists():
         raise PipelineInputError(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import flags
 
-from pipeline import benchmark, build, calibrate, clients, convert, metadata, report, verify
+from pipeline import benchmark, build, calibrate, clients, convert, metadata, report, train, verify
 from pipeline.preprocess import Preprocessing
 
 FLAGS = flags.FLAGS
@@ -39,6 +39,9 @@ def define_flags():
     from pipeline.cli import define
 
     define("string", "output", None, "Output folder (default artifacts/<model-name>/).")
+    define("string", "from-train", None,
+           "A pipeline.train output folder: its model.keras, labels.txt, training images (for "
+           "calibration) and held-out split (for --eval), unless those flags are given.")
     define("string", "android-demo", None,
            "After exporting, check the model's contract and copy it into this Android demo app.")
     define("float", "crop-fraction", 1.0,
@@ -50,6 +53,7 @@ def export_from_flags(flag_values=FLAGS):
     from pipeline.errors import PipelineInputError
 
     timings = {}
+    train.use_trained(flag_values)
     build_cfg = build.config_from_flags(flag_values)
     convert_cfg = convert.config_from_flags(flag_values)
     convert.check_config(convert_cfg)
@@ -101,7 +105,7 @@ def export_from_flags(flag_values=FLAGS):
             converted.tflite, eval_set.paths[:clients.SAMPLE_IMAGES], spec,
             config_files=report.artifact_files(built, converted, spec))
     with _timed(timings, "latency_reference"):
-        reference_kind, reference = convert.latency_reference(built, calibration.arrays, convert_cfg,
+        reference_kind, reference = convert.latency_reference(built, calibration.arrays, converted.config,
                                                               calibrated)
     with _timed(timings, "benchmark"):
         bench = benchmark.quick_benchmark(

@@ -105,16 +105,23 @@ def load_rgb(path):
         return _to_rgb(image)
 
 
-def pixels(image, spec):
-    """Steps 1–4: an image (path or Pillow image) → uint8 array (resolution, resolution, 3)."""
+def pixels(image, spec, box=None, mirror=False):
+    """Steps 1–4: an image (path or Pillow image) → uint8 array (resolution, resolution, 3).
+
+    `box` and `mirror` exist for training augmentation (pipeline.train): another crop box than the
+    centered square, and a left-right flip after resizing. Everything else (decode, colour, filter,
+    normalization) stays the one transform that deployment uses.
+    """
     if not isinstance(image, Image.Image):
         image = load_rgb(image)
     else:
         image = _to_rgb(ImageOps.exif_transpose(image))
     # Crop, then resize the cropped image alone: resize(box=...) would let the filter read pixels
     # beyond the box into the edge rows, which an app that crops then resizes cannot reproduce.
-    cropped = image.crop(spec.crop_box(*image.size))
+    cropped = image.crop(box or spec.crop_box(*image.size))
     resized = cropped.resize((spec.resolution, spec.resolution), resample=Image.Resampling.BILINEAR)
+    if mirror:
+        resized = resized.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(resized, dtype=np.uint8)
 
 
@@ -123,9 +130,9 @@ def normalize(pixel_array, spec):
     return (pixel_array.astype(np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
 
 
-def preprocess(image, spec):
+def preprocess(image, spec, box=None, mirror=False):
     """The whole transform: an image file (or Pillow image) → float32 (resolution, resolution, 3)."""
-    return normalize(pixels(image, spec), spec)
+    return normalize(pixels(image, spec, box, mirror), spec)
 
 
 @dataclasses.dataclass
@@ -135,17 +142,31 @@ class LoadedImages:
     skipped: list  # [(path, reason)] of files that are not decodable images
 
 
-def _try_preprocess(path, spec):
+def image_error(error):
+    """Why Pillow could not turn a file into pixels, as a reason to print, or None when the error
+    is the environment's (permissions, a dangling link) rather than the file's.
+
+    Pillow raises many classes for bad data (UnidentifiedImageError, SyntaxError, ValueError,
+    DecompressionBombError for a 30,000² PNG, struct.error, EOFError…); all are the file's fault."""
+    if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError)):
+        return None
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large to decode safely ({error})"
+    if isinstance(error, (UnidentifiedImageError, SyntaxError, ValueError)):
+        return f"not a decodable image ({error})"
+    if isinstance(error, OSError):
+        return f"corrupt or truncated image ({error})"
+    return f"not a decodable image ({type(error).__name__}: {error})"
+
+
+def _try_preprocess(path, spec, box=None, mirror=False):
     try:
-        return preprocess(path, spec), None
-    except (UnidentifiedImageError, SyntaxError, ValueError) as error:
-        return None, f"not a decodable image ({error})"
-    except OSError as error:
-        # Truncated or corrupt data is the file's fault: skip it. A file that cannot be opened at
-        # all (permissions, a dangling link) is the environment's: let the caller report it.
-        if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError)):
+        return preprocess(path, spec, box, mirror), None
+    except Exception as error:  # noqa: BLE001 — classified by image_error; the rest re-raised
+        reason = image_error(error)
+        if reason is None:
             raise
-        return None, f"corrupt or truncated image ({error})"
+        return None, reason
 
 
 def load_images(paths, spec, progress=None, workers=None):
@@ -185,8 +206,9 @@ def main(argv):
     for path in argv[1:]:
         try:
             x = preprocess(path, spec)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-            raise PipelineInputError(f"cannot preprocess {path}: {error}") from None
+        except Exception as error:  # noqa: BLE001
+            reason = image_error(error) or getattr(error, "strerror", None) or str(error)
+            raise PipelineInputError(f"cannot preprocess {path}: {reason}") from None
         digest = hashlib.sha256(x.tobytes()).hexdigest()[:16]
         print(f"{path}: {x.shape} {x.dtype} min {x.min():.4f} max {x.max():.4f} sha256 {digest}")
 

@@ -344,9 +344,10 @@ def config_from_flags(flag_values):
     if samples is not None and samples < 1:
         raise PipelineInputError(f"--eval-samples must be at least 1 (got {samples})")
     directory = flag_values["eval"].value
-    if directory is not None and not Path(directory).is_dir():
+    if directory is not None and not Path(directory).is_dir() and not calibrate.is_image_list(directory):
         raise PipelineInputError(f"--eval {directory} is not a folder: pass a folder of class "
-                                 "sub-folders of images")
+                                 "sub-folders of images (or an image list such as pipeline.train's "
+                                 "OUT/split/val.json)")
     return Thresholds(min_agreement=agreement, max_top1_drop=flag_values["max-top1-drop"].value)
 
 

@@ -252,3 +252,14 @@ def test_interrupted_run_leaves_previous_artifacts_and_no_partial_files(small_ex
     assert _digest(out) == before
     leftovers = [p.name for p in out.parent.iterdir() if ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_keep_float_export_is_timed_against_the_plain_int8_reference(calibration_folder, tmp_path):
+    # A model with float layers is not its own reference: the gate must see what they cost.
+    out = tmp_path / "out"
+    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
+                     "--calibration-samples", "20", "--keep-float", "Conv1", "--output", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["keep_float"]["mode"] == "names"
+    assert report["latency_ratio"]["reference"]["kind"] == "int8"
