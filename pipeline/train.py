@@ -42,7 +42,7 @@ import numpy as np
 
 from pipeline import build, calibrate, report
 from pipeline.errors import PipelineInputError
-from pipeline.preprocess import Preprocessing, image_error, preprocess
+from pipeline.preprocess import Preprocessing, load_images, preprocess
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 BLOCKS = tuple(f"block_{i}" for i in range(1, 17))
@@ -211,23 +211,14 @@ def _one_view(path, spec, view, seed, index, augment):
     return preprocess(image, spec, box=box, mirror=mirror)
 
 
-def decodable(paths, spec):
-    """(paths that decode, [(path, reason)] that do not), reading each file once."""
-    def attempt(path):
-        try:
-            preprocess(path, spec)
-            return None
-        except Exception as error:  # noqa: BLE001 — classified; the environment's errors re-raised
-            reason = image_error(error)
-            if reason is None:
-                raise PipelineInputError(f"cannot read {path}: {error.strerror}; fix its "
-                                         "permissions or remove it") from None
-            return reason
-
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        reasons = list(pool.map(attempt, paths))
-    good = [p for p, r in zip(paths, reasons) if r is None]
-    return good, [(str(p), r) for p, r in zip(paths, reasons) if r is not None]
+def _load(paths, spec):
+    """preprocess.load_images over `paths`: the decodable ones as view 0 (the deployment
+    transform), the undecodable ones skipped with a reason; an unreadable file is bad input."""
+    try:
+        return load_images(paths, spec)
+    except OSError as error:
+        raise PipelineInputError(f"cannot read {error.filename}: {error.strerror}; fix its "
+                                 "permissions or remove it") from None
 
 
 def view_arrays(paths, spec, view, seed, augment):
@@ -341,6 +332,7 @@ class TrainResult:
     weights_source: str
     weights_sha256: str
     timings: dict
+    val_arrays: object = None  # float32 held-out images, view 0 (what evaluate runs on)
     grid_distances: dict = None  # {layer: max distance from the int8 grid} before snapping
     val_accuracy_before_snap: float = None
 
@@ -482,21 +474,20 @@ def train(cfg):
     spec = Preprocessing(resolution=cfg.resolution)
     print(f"· checking {len(split.train) + len(split.val)} images of {len(split.classes)} classes…",
           file=sys.stderr, flush=True)
-    train_paths, skipped_train = decodable(split.train, spec)
-    val_paths, skipped_val = decodable(split.val, spec)
-    split.skipped = skipped_train + skipped_val
+    # Decoded once: these arrays are view 0 of every image, and the held-out set as evaluated.
+    train_set, val_set = _load(split.train, spec), _load(split.val, spec)
+    split.skipped = train_set.skipped + val_set.skipped
     for path, reason in split.skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    kept = {str(p) for p in train_paths + val_paths}
+    kept = {str(p) for p in train_set.paths + val_set.paths}
     split.train_labels = [c for p, c in zip(split.train, split.train_labels) if str(p) in kept]
     split.val_labels = [c for p, c in zip(split.val, split.val_labels) if str(p) in kept]
-    split.train, split.val = train_paths, val_paths
-    for name, labels in (("training", split.train_labels), ("held-out", split.val_labels)):
-        missing = sorted(set(range(len(split.classes))) - set(labels))
-        if missing and name == "training":
-            raise PipelineInputError(
-                f"class {split.classes[missing[0]]!r} has no decodable {name} images in {cfg.data}: "
-                "add images or remove the folder")
+    split.train, split.val = train_set.paths, val_set.paths
+    missing = sorted(set(range(len(split.classes))) - set(split.train_labels))
+    if missing:
+        raise PipelineInputError(
+            f"class {split.classes[missing[0]]!r} has no decodable training images in {cfg.data}: "
+            "add images or remove the folder")
     timings["scan"] = time.perf_counter() - started
 
     keras.utils.set_random_seed(cfg.seed)
@@ -513,11 +504,11 @@ def train(cfg):
     cached = []
     for view in tqdm(range(views), desc="frozen base, per view", unit="view", leave=False,
                      file=sys.stderr):
-        cached.append(bottom.predict(view_arrays(split.train, spec, view, cfg.seed, cfg.augment),
-                                     batch_size=64, verbose=0))
+        arrays = train_set.arrays if view == 0 else view_arrays(split.train, spec, view, cfg.seed,
+                                                                 cfg.augment)
+        cached.append(bottom.predict(arrays, batch_size=64, verbose=0))
     cached = np.stack(cached)  # (views, n, …)
-    val_cached = bottom.predict(view_arrays(split.val, spec, 0, cfg.seed, "none"),
-                                batch_size=64, verbose=0)
+    val_cached = bottom.predict(val_set.arrays, batch_size=64, verbose=0)
     timings["cache_frozen_base"] = time.perf_counter() - mark
 
     classes = len(split.classes)
@@ -570,9 +561,10 @@ def train(cfg):
     classifier = keras.Model(base.input, head(base.output), name="mobilenet_v2_classifier")
     result = TrainResult(model=classifier, split=split, history=history,
                          stage_one_val_accuracy=stage_one, best=best, interrupted=interrupted,
-                         weights_source=source, weights_sha256=sha, timings=timings)
+                         weights_source=source, weights_sha256=sha, timings=timings,
+                         val_arrays=val_set.arrays)
     if cfg.int8_grid:
-        result.val_accuracy_before_snap = evaluate(result, spec)[0]
+        result.val_accuracy_before_snap = evaluate(result)[0]
         result.grid_distances = snap_to_int8_grid(classifier)
     timings["total"] = time.perf_counter() - started
     return result
@@ -582,10 +574,9 @@ def train(cfg):
 # What train writes
 
 
-def evaluate(result, spec):
+def evaluate(result):
     """Held-out accuracy, per class, and the confusion matrix of the final classifier."""
-    x = view_arrays(result.split.val, spec, 0, 0, "none")
-    predicted = result.model.predict(x, batch_size=64, verbose=0).argmax(axis=1)
+    predicted = result.model.predict(result.val_arrays, batch_size=64, verbose=0).argmax(axis=1)
     truth = np.asarray(result.split.val_labels)
     n = len(result.split.classes)
     confusion = np.zeros((n, n), np.int64)
@@ -694,7 +685,7 @@ def write_outputs(cfg, result, command):
     from pipeline.device_runner import device_facts
 
     spec = Preprocessing(resolution=cfg.resolution)
-    accuracy, per_class, confusion = evaluate(result, spec)
+    accuracy, per_class, confusion = evaluate(result)
     split = result.split
     export_command = f"python -m pipeline.export --from-train {cfg.output} --quantize int8"
     summary = {
