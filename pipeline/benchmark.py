@@ -196,6 +196,8 @@ def device_summary(result):
              f"{runtime.get('name')} {runtime.get('version', '')}".strip()]
     if device.get("emulated"):
         parts.append("EMULATED — " + device["emulation"])
+    elif device:
+        parts.append(device_runner.int8_dot_product_line(device))
     delegate = runtime.get("delegate")
     if delegate and delegate.get("requested"):
         parts.append(f"delegate {delegate['requested']}: {delegate['note']}")
@@ -204,6 +206,28 @@ def device_summary(result):
     if device.get("temperature_c") is not None:
         parts.append(f"{device['temperature_c']:.0f} °C")
     return "; ".join(parts)
+
+
+def checked_model(path):
+    """Refuses, in one line, a model file the benchmark cannot time: not a `.tflite`, one LiteRT
+    will not load, or one that fails on the random inputs the benchmark feeds (as a model reading
+    token ids does: random ids fall outside its vocabulary). Returns its bytes."""
+    from pipeline.errors import PipelineInputError
+    from pipeline.inspect import read_model
+
+    data = read_model(path)
+    _, _, module = device_runner.load_runtime()
+    fix = "pass a .tflite model the converter wrote, such as an exported image classifier"
+    try:
+        interpreter = device_runner.make_interpreter(module, model_content=data)
+        if not interpreter.get_input_details() or not interpreter.get_output_details():
+            raise PipelineInputError(f"{path} has no inputs or no outputs: nothing to time; {fix}")
+        device_runner.time_configs(module, [{"model": data, "threads": 1}], warmup=0, runs=1)
+    except (ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise PipelineInputError(f"{path} does not run in LiteRT on random inputs ({reason}): "
+                                 f"{fix}") from None
+    return data
 
 
 def define_flags():
@@ -238,7 +262,7 @@ def main(argv):
     from absl import flags
 
     from pipeline.errors import PipelineInputError
-    from pipeline.report import check_writable, write_files_atomically
+    from pipeline.artifacts import check_writable, write_files_atomically
 
     values = flags.FLAGS
     models = list(argv[1:])
@@ -249,13 +273,27 @@ def main(argv):
             models.append(item)
     if not models:
         raise PipelineInputError("give models: python -m pipeline.benchmark MODEL.tflite [MORE ...]")
-    for path in models:
-        if not Path(path).is_file():
-            raise PipelineInputError(f"{path}: no such model file")
     try:
         threads = [int(t) for t in values["threads-sweep"].value]
     except ValueError:
         raise PipelineInputError("--threads-sweep takes counts like 1,2,4") from None
+    if not threads or min(threads) < 1:
+        raise PipelineInputError(f"--threads-sweep {','.join(map(str, threads))}: thread counts "
+                                 "must be at least 1, e.g. 1,2,4")
+    if values["benchmark-runs"].value < 1:
+        raise PipelineInputError(f"--benchmark-runs must be at least 1 (got "
+                                 f"{values['benchmark-runs'].value}); 50 is typical")
+    budget = values["budget-s"].value
+    if budget is not None and not budget > 0:
+        raise PipelineInputError(f"--budget-s {budget} must be a positive number of seconds")
+    if values["target"].value:
+        from pipeline import remote
+
+        # The address first: one with shell syntax in it is refused before anything else runs.
+        remote.parse_target(values["target"].value, values["ssh-option"].value,
+                            values["remote-python"].value)
+    for path in models:
+        checked_model(path)
     out = values["output"].value
     if out:
         check_writable(out)

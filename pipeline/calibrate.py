@@ -106,7 +106,9 @@ def read_image_list(path):
                                  "or a list written by pipeline.train") from None
     if (not isinstance(data, dict) or data.get("format") != IMAGE_LIST_FORMAT
             or not isinstance(data.get("root"), str) or not isinstance(data.get("files"), list)
-            or not all(isinstance(f, str) and f for f in data["files"])):
+            or not all(isinstance(f, str) and f and not Path(f).is_absolute()
+                       and ".." not in Path(f).parts for f in data["files"])):
+        # Entries are relative to root, never absolute or climbing out of it.
         raise PipelineInputError(f"{path} is not an image list (a JSON file written by "
                                  "pipeline.train with format, root and files): pass a folder of images")
     root = Path(data["root"])
@@ -256,13 +258,15 @@ def representative_dataset(cfg, spec, progress=None):
         used += loaded.paths
         skipped += loaded.skipped
         arrays.append(loaded.arrays)
-    for path, reason in skipped:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if not used:
+        # One line, not a warning per file first: the first file's reason stands for the rest.
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise PipelineInputError(
-            f"none of the {len(order)} images in {folder.root} could be decoded: "
+            f"none of the {len(order)} images in {folder.root} could be decoded{first}: "
             "replace them with valid jpg/png/bmp/webp files"
         )
+    for path, reason in skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if len(used) < cfg.samples:
         print(
             f"warning: only {len(used)} usable images in {folder.root}, fewer than the "

@@ -38,7 +38,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from pipeline.errors import ParityError, PipelineInputError
-from pipeline.report import machine_line, write_files_atomically
+from pipeline.artifacts import check_writable, write_files_atomically
+from pipeline.report import machine_line
 
 BASELINE_FORMAT = 2
 MACHINE_INDEPENDENT_KEYS = ("model", "float", "tflite", "agreement_top1", "kl_mean", "size_bytes",
@@ -94,17 +95,56 @@ def _not_judged(name, bound, relation, detail, fail=False):
     return CheckResult(name, None, bound, relation, not fail, detail, skipped=True)
 
 
+def _refuse_constant(name):
+    # Python's json takes NaN and Infinity, which are not JSON and compare false with every bound.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_json(path, what):
+    """The JSON in `path`; a byte-order mark is fine, NaN / Infinity and broken JSON are not."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise PipelineInputError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise PipelineInputError(f"{what} {path} is a folder: pass the JSON file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise PipelineInputError(f"{what} {path} is not readable ({error})") from None
+    fix = ("write it with --update-baseline" if what == "--baseline" else
+           "pass the report.json an export wrote")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as error:
-        raise PipelineInputError(f"{what} {path} is not readable JSON ({error})") from None
+        raise PipelineInputError(f"{what} {path} is not readable JSON ({error}): {fix}") from None
+
+
+def check_report(report, where):
+    """The fields of an export's report that the gate reads: there, and finite numbers."""
+    fix = "pass the report.json an export wrote, or export again"
+    if not isinstance(report, dict):
+        raise PipelineInputError(f"{where} is not a JSON object: {fix}")
+    for key in ("agreement_top1", "kl_mean", "size_bytes"):
+        _number(report, key, where, fix)
+    for side in ("float", "tflite"):
+        metrics = report.get(side)
+        if not isinstance(metrics, dict):
+            raise PipelineInputError(f"{where}: {side!r} is {metrics!r}, not the model's top-1 / "
+                                     f"top-5: {fix}")
+        for key in ("top1", "top5"):
+            if metrics.get(key) is not None:
+                _number(metrics, key, f"{where}: {side}", fix)
+
+
+def check_output_file(path, flag):
+    """Fails before any work when the file `flag` names cannot be written; creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise PipelineInputError(f"{flag} {path} is a folder: pass a file path")
+    try:
+        check_writable(path.parent)
+    except PipelineInputError:
+        raise PipelineInputError(f"{flag} {path} cannot be written: {path.parent} is not a folder "
+                                 "you can write to; pass a file path in one") from None
 
 
 def latency_entry(report):
@@ -139,15 +179,14 @@ def baseline_from_report(report, previous=None):
     return baseline
 
 
-def _number(container, key, where):
+def _number(container, key, where, fix="write the baseline with --update-baseline"):
     value = container.get(key) if isinstance(container, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PipelineInputError(f"{where}: {key!r} is {value!r}, not a finite number: write the "
-                                 "baseline with --update-baseline")
+        raise PipelineInputError(f"{where}: {key!r} is {value!r}, not a finite number: {fix}")
     return value
 
 
-def _latency_check(report, baseline, thresholds):
+def _latency_check(report, baseline, thresholds, where):
     name, bound = "latency_growth", thresholds.max_latency_growth
     ratio = report.get("latency_ratio")
     if not ratio:
@@ -165,7 +204,7 @@ def _latency_check(report, baseline, thresholds):
         ms += f" vs {ratio['reference']['median_ms']:.3f} ms for the int8 reference"
     entry = entries.get(here)
     if isinstance(entry, dict):
-        base = _number(entry, "ratio", f"baseline entry {here}")
+        base = _number(entry, "ratio", f"{where} entry {here}")
         return _check(name, ratio["value"] / base - 1, "≤", bound,
                       f"{ratio['value']:.3f}× the int8 reference ({ms}) vs {base:.3f}× in the "
                       f"baseline's {here} entry")
@@ -181,15 +220,19 @@ def _latency_check(report, baseline, thresholds):
                        thresholds.require_machine_match)
 
 
-def gate(report, baseline, thresholds):
-    """Evaluates every threshold; returns a list of CheckResult."""
+def gate(report, baseline, thresholds, where="the baseline"):
+    """Evaluates every threshold; returns a list of CheckResult. `where` names the baseline in
+    messages (its file)."""
     if not isinstance(baseline, dict):
-        raise PipelineInputError("the baseline is not a JSON object: write it with --update-baseline")
+        raise PipelineInputError(f"{where} is not a JSON object: write it with --update-baseline")
     for key in REQUIRED_KEYS:
         if key not in baseline:
-            raise PipelineInputError(f"the baseline has no {key!r}: write it with --update-baseline")
+            raise PipelineInputError(f"{where} has no {key!r}: write it with --update-baseline")
     for key in ("agreement_top1", "kl_mean", "size_bytes"):
-        _number(baseline, key, "the baseline")
+        _number(baseline, key, where)
+    if not baseline["size_bytes"] > 0:
+        raise PipelineInputError(f"{where}: 'size_bytes' is {baseline['size_bytes']}, not a model "
+                                 "size: write it with --update-baseline")
     f, t = report["float"], report["tflite"]
     relative = t["top1"] / f["top1"] if f.get("top1") else None
     agreement_bound = (thresholds.min_agreement if thresholds.min_agreement is not None
@@ -209,7 +252,7 @@ def gate(report, baseline, thresholds):
                f"{report['size_bytes']:,} bytes vs baseline {baseline['size_bytes']:,}"),
     ]
     if baseline.get("macs") and report.get("macs"):
-        results.append(_check("macs_growth", report["macs"] / _number(baseline, "macs", "the baseline")
+        results.append(_check("macs_growth", report["macs"] / _number(baseline, "macs", where)
                               - 1, "≤", thresholds.max_macs_growth,
                               f"{report['macs']:,} vs baseline {baseline['macs']:,} multiply-accumulates"))
     else:
@@ -217,13 +260,13 @@ def gate(report, baseline, thresholds):
                                    "the baseline or report has no MAC count: record it again"))
     undelegated = (report.get("benchmark") or {}).get("ops_not_delegated")
     if baseline.get("ops_not_delegated") is not None and undelegated is not None:
-        base = _number(baseline, "ops_not_delegated", "the baseline")
+        base = _number(baseline, "ops_not_delegated", where)
         results.append(_check("undelegated_ops", undelegated, "≤", base,
                               f"ops outside XNNPACK: {undelegated} vs baseline {base}"))
     else:
         results.append(_not_judged("undelegated_ops", 0, "≤",
                                    "the baseline or report has no delegation count: record it again"))
-    results.append(_latency_check(report, baseline, thresholds))
+    results.append(_latency_check(report, baseline, thresholds, where))
     return results
 
 
@@ -363,8 +406,14 @@ def main(argv):
     baseline_path = values["baseline"].value
     if not baseline_path:
         raise PipelineInputError("--baseline FILE is required (create it with --update-baseline)")
+    for flag in ("junit", "result", "summary"):
+        if values[flag].value:
+            check_output_file(values[flag].value, f"--{flag}")
+    if values["update-baseline"].value:
+        check_output_file(baseline_path, "--baseline")
     if values["report"].value:
         report = load_json(values["report"].value, "--report")
+        check_report(report, f"--report {values['report'].value}")
     else:
         from pipeline import export
 
@@ -393,18 +442,19 @@ def main(argv):
         require_machine_match=values["require-machine-match"].value,
     )
     try:
-        results = gate(report, baseline, thresholds)
+        results = gate(report, baseline, thresholds, where=f"--baseline {baseline_path}")
+        outputs = {
+            "junit": junit_xml(results),
+            "result": json.dumps({"passed": all(r.passed for r in results),
+                                  "checks": [dataclasses.asdict(r) for r in results],
+                                  "model": report.get("model"), "baseline": baseline_path},
+                                 indent=2) + "\n",
+            "summary": summary_markdown(results, report),
+        }
     except (KeyError, TypeError, AttributeError, ZeroDivisionError) as error:
         raise PipelineInputError(f"the report or --baseline {baseline_path} lacks a field the gate "
                                  f"reads ({type(error).__name__}: {error}): export again and record "
                                  "the baseline with --update-baseline") from None
-    outputs = {
-        "junit": junit_xml(results),
-        "result": json.dumps({"passed": all(r.passed for r in results),
-                              "checks": [dataclasses.asdict(r) for r in results],
-                              "model": report.get("model"), "baseline": baseline_path}, indent=2) + "\n",
-        "summary": summary_markdown(results, report),
-    }
     for key, content in outputs.items():
         if values[key].value:
             write_files_atomically(values[key].value, {"": content})
@@ -419,8 +469,6 @@ def main(argv):
 def _study(values):
     """--compare-backends / --sweep-calibration: several exports, one table (and a plot)."""
     out_root = values["output"].value or tempfile.mkdtemp(prefix="parity-study-")
-    from pipeline.report import check_writable
-
     check_writable(out_root)
     files = {}
     if values["compare-backends"].value:

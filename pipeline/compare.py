@@ -195,7 +195,7 @@ def main(argv):
 
     from pipeline import calibrate
     from pipeline.preprocess import Preprocessing
-    from pipeline.report import check_writable, write_files_atomically
+    from pipeline.artifacts import check_writable, write_files_atomically
 
     values = flags.FLAGS
     keys = values["models"].value
@@ -203,6 +203,12 @@ def main(argv):
     if unknown:
         raise PipelineInputError(f"--models {', '.join(unknown)}: unknown; choose from {', '.join(MODELS)}")
     resolution = values["resolution"].value
+    # Keras builds these networks from 32 px up; past 1024 px a laptop runs out of memory first.
+    if not 32 <= resolution <= 1024:
+        raise PipelineInputError(f"--resolution {resolution} is out of range: use 32–1024, e.g. 224")
+    if values["benchmark-runs"].value < 1:
+        raise PipelineInputError(f"--benchmark-runs must be at least 1 (got "
+                                 f"{values['benchmark-runs'].value})")
     out = values["output"].value
     if out:
         check_writable(out)

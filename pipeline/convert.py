@@ -35,8 +35,8 @@ from pipeline.errors import PipelineInputError
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int16x8")
 BACKENDS = ("tflite-converter", "litert-quantizer")
-# Google's LiteRT Quantizer (ai-edge-quantizer) recipes, as shipped with the package: static int8
-# (a8w8) and int8 weights with int16 activations (a16w8).
+# Google's LiteRT Quantizer (litert-quantizer, formerly ai-edge-quantizer) recipes, as shipped with
+# the package: static int8 (a8w8) and int8 weights with int16 activations (a16w8).
 LITERT_RECIPES = {"int8": "default_a8w8_recipe.json", "int16x8": "default_a16w8_recipe.json"}
 LITERT_ALGORITHMS = {"min-max": "min_max_uniform_quantize", "mse": "MSE", "octav": "OCTAV"}
 IO_TYPES = ("auto", "uint8", "int8", "float32", "int16")
@@ -480,7 +480,7 @@ def quantizable_tensors(calibrated):
 def resolve_keep_float(names, calibrated):
     """Block names (block_3, Conv1), layer names (block_3_depthwise_relu) or tensor names → op
     output tensor names."""
-    from pipeline.diagnose import layer_group, layer_name
+    from pipeline.layers import layer_group, layer_name
 
     tensors = [t for _, t, _ in quantizable_tensors(calibrated)]
     by_layer, by_group = {}, {}
@@ -509,9 +509,9 @@ def litert_recipe(cfg):
     import json
     import os
 
-    import ai_edge_quantizer
+    import litert_quantizer
 
-    path = os.path.join(os.path.dirname(ai_edge_quantizer.__file__), "recipes",
+    path = os.path.join(os.path.dirname(litert_quantizer.__file__), "recipes",
                         LITERT_RECIPES[cfg.quantize])
     with open(path) as f:
         recipe = json.load(f)
@@ -528,8 +528,8 @@ def litert_quantize(float_tflite, calibration_arrays, cfg):
     it clips logits at 9.0 of a true 17.9 and its result depends on sample order.
     """
     import numpy as np
-    from ai_edge_quantizer import calibrator, quantizer
-    from ai_edge_quantizer.utils import qsv_utils
+    from litert_quantizer import calibrator, quantizer
+    from litert_quantizer.utils import qsv_utils
 
     from pipeline.device_runner import load_runtime, quiet_native_stderr
 
@@ -623,6 +623,20 @@ def _converted(model_bytes, cfg):
     )
 
 
+def quantize(built, calibration_arrays, cfg, float_model):
+    """The model `cfg` asks for, given the float conversion already made.
+
+    Returns (ConvertedModel, the calibrated model it was quantized from, or None): for the
+    converter's int8 the calibrated model is kept, because the latency reference is requantized
+    from it (~0.2 s) instead of calibrating a second time."""
+    if cfg.quantize == "none":
+        return float_model, None
+    if cfg.quantize == "int8" and cfg.backend == "tflite-converter":
+        calibrated = calibrated_for(built, calibration_arrays, cfg)
+        return convert_calibrated(calibrated, cfg), calibrated
+    return convert(built, calibration_arrays, cfg, float_model.tflite), None
+
+
 def define_flags():
     from pipeline.cli import define
 
@@ -630,18 +644,8 @@ def define_flags():
     define("string", "io", "auto",
            "Model input/output type: uint8 | int8 | float32 (| int16 for int16x8); auto = uint8 "
            "for int8 (an app feeds camera bytes), float32 otherwise.")
-    define("string", "keep-float", None,
-           "Layers to keep in float in an int8 model: comma-separated names from pipeline.diagnose "
-           "or whole blocks (Conv1, expanded_conv, block_3), or 'auto': add blocks, most harmful "
-           "per MAC first (measured on held-out calibration images), within "
-           "--keep-float-max-latency, until held-out agreement reaches --min-agreement with 95% "
-           "confidence.")
-    define("float", "keep-float-max-latency", 1.3,
-           "With --keep-float auto: the most 1-thread latency (x the all-int8 model) to spend.")
-    define("integer", "keep-float-max-groups", 0,
-           "With --keep-float auto: the most blocks to add (0: as many as the latency budget allows).")
     define("enum", "backend", "tflite-converter", list(BACKENDS),
-           "Quantizer: TensorFlow's TFLiteConverter, or Google's LiteRT Quantizer (ai-edge-quantizer).")
+           "Quantizer: TensorFlow's TFLiteConverter, or Google's LiteRT Quantizer (litert-quantizer).")
     define("enum", "algorithm", "min-max", list(LITERT_ALGORITHMS),
            "LiteRT Quantizer weight-range algorithm (activations: absolute min-max).")
     define("enum", "activation-ranges", "minmax", ["minmax", "percentile"],
@@ -689,7 +693,7 @@ def main(argv):
         ).arrays
     converted = convert(built, arrays, convert_cfg)
     if out:
-        from pipeline.report import write_files_atomically
+        from pipeline.artifacts import write_files_atomically
 
         write_files_atomically(out, {"": converted.tflite})
     json.dump(converted.summary(), sys.stdout, indent=2)

@@ -297,6 +297,10 @@ INT8_ISA = {
     "arm": ("sme", "i8mm", "asimddp", "sve", "asimd"),
 }
 ISA_NAMES = {"asimddp": "dotprod", "asimd": "neon"}
+# Of those, the int8 dot-product instructions (4 int8 products summed into int32 in one instruction):
+# they decide whether int8 beats float32. Measured at 224, 1 thread, interleaved: 3.9 ms int8 vs
+# 7.5 ms float32 on an AVX-512 VNNI EPYC; 11.0 vs 9.9 ms on an AVX2-only one.
+INT8_DOT_PRODUCT = ("amx_int8", "avx512_vnni", "avx_vnni", "sme", "i8mm", "dotprod")
 
 
 def cpu_features(cpuinfo, machine):
@@ -308,6 +312,24 @@ def cpu_features(cpuinfo, machine):
         if key in ("flags", "features") and ":" in line:
             present.update(line.split(":", 1)[1].split())
     return [ISA_NAMES.get(name, name) for name in INT8_ISA[family] if name in present]
+
+
+def int8_dot_product(isa):
+    """The int8 dot-product instructions among `isa` (best first); [] when there are none."""
+    return [name for name in isa if name in INT8_DOT_PRODUCT]
+
+
+def int8_dot_product_line(facts):
+    """Whether int8 can be expected to beat float32 on this CPU, in words."""
+    if facts.get("emulated"):
+        return "int8 dot-product: unknown (emulated)"
+    found = facts.get("int8_dot_product")
+    if found is None:
+        found = int8_dot_product(facts.get("isa") or [])
+    if found:
+        return "int8 dot-product: yes (%s)" % " ".join(found)
+    return ("int8 dot-product: none (%s): int8 kernels may run slower than float32 here"
+            % ((facts.get("isa") or ["no SIMD found"])[0]))
 
 
 def machine_class(machine, isa):
@@ -328,6 +350,7 @@ def device_facts():
         "cpu_count": os.cpu_count(),
         "cpu_model": None,
         "isa": [],
+        "int8_dot_product": [],
         "machine_class": None,
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "temperature_c": None,
@@ -335,6 +358,7 @@ def device_facts():
     }
     cpuinfo = _read("/proc/cpuinfo") or ""
     facts["isa"] = cpu_features(cpuinfo, facts["machine"])
+    facts["int8_dot_product"] = int8_dot_product(facts["isa"])
     facts["machine_class"] = machine_class(facts["machine"], facts["isa"])
     for line in cpuinfo.splitlines():
         if line.lower().startswith(("model name", "hardware", "cpu part")):
@@ -355,6 +379,7 @@ def device_facts():
         facts["emulated"] = True
         facts["emulation"] = "user-mode emulation on an x86 host (qemu-user): timings are not ARM figures"
         facts["isa"] = []
+        facts["int8_dot_product"] = None
         facts["machine_class"] = "%s/emulated" % facts["machine"].lower()
     return facts
 

@@ -8,15 +8,13 @@ own. Exit codes: 0 done, 1 parity below a threshold (report written), 2 bad inpu
 """
 
 import contextlib
-import shlex
 import sys
 import time
-from pathlib import Path
 
 from absl import flags
 
-from pipeline import benchmark, build, calibrate, clients, convert, metadata, report, train, verify
-from pipeline.preprocess import Preprocessing
+from pipeline import (artifacts, benchmark, build, calibrate, clients, convert, metadata, preprocess,
+                      report, selective, train, verify)
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +34,8 @@ def define_flags():
     verify.define_flags()
     benchmark.define_flags()
     metadata.define_flags()
+    preprocess.define_flags()
+    selective.define_flags()
     from pipeline.cli import define
 
     define("string", "output", None, "Output folder (default artifacts/<model-name>/).")
@@ -44,56 +44,39 @@ def define_flags():
            "calibration) and held-out split (for --eval), unless those flags are given.")
     define("string", "android-demo", None,
            "After exporting, check the model's contract and copy it into this Android demo app.")
-    define("float", "crop-fraction", 1.0,
-           "Center-crop this fraction of the shorter side before resizing (1.0 = whole square).")
 
 
 def export_from_flags(flag_values=FLAGS):
     """Runs every stage as the flags say; returns (report dict, output folder, ParityResult)."""
-    from pipeline.errors import PipelineInputError
-
     timings = {}
     train.use_trained(flag_values)
     build_cfg = build.config_from_flags(flag_values)
     convert_cfg = convert.config_from_flags(flag_values)
     convert.check_config(convert_cfg)
     thresholds = verify.config_from_flags(flag_values)
-    crop = flag_values["crop-fraction"].value
-    if not 0 < crop <= 1:
-        raise PipelineInputError(f"--crop-fraction {crop} must be in (0, 1], e.g. 1.0 or 0.875")
+    keep_float = selective.config_from_flags(flag_values)
     with _timed(timings, "build"):
         built = build.build_model(build_cfg)
     info = metadata.info_from_flags(flag_values, built, convert_cfg)
     out_dir = flag_values["output"].value or f"artifacts/{built.name}"
-    report.check_writable(out_dir)
-    spec = Preprocessing(resolution=built.resolution, crop_fraction=crop)
+    artifacts.check_writable(out_dir)
+    spec = preprocess.spec_from_flags(flag_values, built.resolution)
     with _timed(timings, "calibrate"):
         calibration = calibrate.representative_dataset(
             calibrate.config_from_flags(flag_values, imagenet_weights=built.synsets is not None),
             spec, progress=calibrate.progress_bar("calibration images"))
-    eval_dir = flag_values["eval"].value or calibration.default_eval_dir
-    if eval_dir:
-        eval_set = verify.eval_set_from_folder(eval_dir, built, flag_values["eval-samples"].value,
-                                               flag_values["seed"].value)
-    else:
-        eval_set = verify.eval_set_from_held_out(calibration, built)
+    eval_set = verify.eval_set_from_flags(flag_values, built, calibration)
     with _timed(timings, "convert_float"):
         float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none",
                                                                          head=convert_cfg.head))
-    keep_float = flag_values["keep-float"].value
-    keep_float_report = calibrated = None
+    keep_float_report = None
     with _timed(timings, "convert"):
         if keep_float:
-            converted, keep_float_report, calibrated = _selective_int8(
-                flag_values, built, calibration, spec, convert_cfg, float_model, thresholds)
-        elif convert_cfg.quantize == "none":
-            converted = float_model
-        elif convert_cfg.quantize == "int8" and convert_cfg.backend == "tflite-converter":
-            # Kept: the latency reference is requantized from it (~0.2 s, no second calibration).
-            calibrated = convert.calibrated_for(built, calibration.arrays, convert_cfg)
-            converted = convert.convert_calibrated(calibrated, convert_cfg)
+            converted, keep_float_report, calibrated = selective.quantize_selectively(
+                built, calibration, spec, convert_cfg, float_model.tflite, keep_float,
+                progress=lambda line: print(line, file=sys.stderr, flush=True))
         else:
-            converted = convert.convert(built, calibration.arrays, convert_cfg, float_model.tflite)
+            converted, calibrated = convert.quantize(built, calibration.arrays, convert_cfg, float_model)
     with _timed(timings, "metadata"):
         converted = metadata.attach(converted, built, spec, info)
     with _timed(timings, "verify"):
@@ -111,54 +94,11 @@ def export_from_flags(flag_values=FLAGS):
         bench = benchmark.quick_benchmark(
             converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value),
             reference=reference, reference_kind=reference_kind)
-    # The command as typed: export is also run by check (the gate) and its studies.
-    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "export"
-    command = f"python -m pipeline.{module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with _timed(timings, "report"):
         written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
-                                      parity, bench, spec, timings, command,
+                                      parity, bench, spec, timings, report.command_line(),
                                       keep_float=keep_float_report, clients=client_rows)
     return written, out_dir, parity
-
-
-def _selective_int8(flag_values, built, calibration, spec, convert_cfg, float_model, thresholds):
-    """--keep-float NAMES|auto: int8 with some layers in float; returns (ConvertedModel, report,
-    the calibrated model it was quantized from)."""
-    import dataclasses
-
-    from pipeline import diagnose
-    from pipeline.errors import PipelineInputError
-    from pipeline.preprocess import load_images
-
-    if convert_cfg.quantize != "int8":
-        raise PipelineInputError(f"--keep-float works with --quantize int8, not {convert_cfg.quantize}")
-    calibrated = convert.calibrated_for(built, calibration.arrays, convert_cfg)
-    names = [n.strip() for n in flag_values["keep-float"].value.split(",") if n.strip()]
-    if names != ["auto"]:
-        keep = convert.resolve_keep_float(names, calibrated)
-        converted = convert.convert_calibrated(calibrated, dataclasses.replace(convert_cfg, keep_float=keep))
-        return converted, {"mode": "names", "layers": names, "tensors": list(keep)}, calibrated
-    if thresholds.min_agreement is None:
-        raise PipelineInputError("--keep-float auto needs a target: pass --min-agreement (e.g. 0.97)")
-    held_out = calibration.held_out[:256]
-    if len(held_out) < 50:
-        raise PipelineInputError(
-            f"--keep-float auto measures sensitivity on calibration images not used to calibrate, and "
-            f"{calibration.folder.root} has only {len(held_out)}: add images or lower "
-            "--calibration-samples")
-    search = diagnose.search_keep_float(
-        calibrated, convert_cfg, float_model.tflite, load_images(held_out, spec).arrays,
-        thresholds.min_agreement, flag_values["keep-float-max-latency"].value,
-        flag_values["keep-float-max-groups"].value,
-        progress=lambda line: print(line, file=sys.stderr, flush=True))
-    converted = convert.convert_calibrated(
-        calibrated, dataclasses.replace(convert_cfg, keep_float=search.chosen))
-    found = search.to_json()
-    if found["pin"]:
-        # The search measures latency, which a busy machine makes noisy: CI should pin its result.
-        print(f"keep-float: chose {', '.join(search.chosen_groups)}; to reproduce without "
-              f"searching: {found['pin']}", file=sys.stderr, flush=True)
-    return converted, {"mode": "auto", **found}, calibrated
 
 
 def main(argv):

@@ -140,11 +140,29 @@ def synthetic_set():
 
 
 def image_folder_set(folder, spec=Preprocessing(), grid=UINT8_INPUT):
-    """Vectors for real photos (not committed: they may not be redistributable)."""
+    """Vectors for real photos (not committed: they may not be redistributable). A photo Pillow
+    cannot decode is refused in one line: a vector set missing it would pass unnoticed."""
     from pipeline.calibrate import scan_images
+    from pipeline.errors import PipelineInputError
+    from pipeline.preprocess import load_images
 
+    found = scan_images(folder)
+    if not found.files:
+        raise PipelineInputError(f"no images (jpg, jpeg, png, bmp, webp) in --images {folder}: pass "
+                                 "a folder of photos")
+    try:
+        # Decoded through the one preprocessing function first: it sorts what Pillow raises on
+        # bad data (many classes) from the environment's errors.
+        loaded = load_images(found.files, spec)
+    except OSError as error:
+        raise PipelineInputError(f"cannot read {error.filename}: {error.strerror}; fix its "
+                                 "permissions or remove it") from None
+    if loaded.skipped:
+        path, reason = loaded.skipped[0]
+        raise PipelineInputError(f"--images: {path} is {reason}: replace it with a valid photo or "
+                                 "remove it")
     files = {}
-    for path in scan_images(folder).files:
+    for path in found.files:
         with Image.open(path) as image:
             image.load()
             files.update(image_case(f"photo_{path.stem}", image, spec, grid))
@@ -152,17 +170,20 @@ def image_folder_set(folder, spec=Preprocessing(), grid=UINT8_INPUT):
 
 
 def write(folder, files):
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        data = content.encode() if isinstance(content, str) else content
-        (folder / name).write_bytes(data)
+    """All the vectors or none: a folder of half old, half new vectors would mislead the app's
+    tests."""
+    from pipeline.artifacts import write_files_atomically
+
+    write_files_atomically(folder, files)
 
 
 def main(argv):
     from absl import flags
 
+    from pipeline.artifacts import check_writable
+
     values = flags.FLAGS
+    check_writable(values["output"].value)
     files = image_folder_set(values["images"].value) if values["images"].value else synthetic_set()
     write(values["output"].value, files)
     print(f"{len(files)} files written to {values['output'].value}")

@@ -10,7 +10,7 @@ Prints the top-k label names with probabilities and the time each image took.
 """
 
 import dataclasses
-import json
+import math
 import time
 from pathlib import Path
 
@@ -30,33 +30,49 @@ class Classifier:
     source: str  # where labels and preprocessing came from
 
 
-def _spec_from_config(config, where):
-    try:
-        pre = config["preprocessing"]
-        return Preprocessing(resolution=int(pre["resize"]["size"][0]),
-                             crop_fraction=float(pre["crop"]["crop_fraction"]),
-                             mean=float(pre["normalize"]["mean"]),
-                             std=float(pre["normalize"]["std"]))
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        raise PipelineInputError(f"{where} is not a pipeline config ({type(error).__name__}: "
-                                 f"{error}): re-export the model") from None
+def _spec_from_config(config):
+    """Preprocessing from a config `deploy.read_config` has checked."""
+    pre = config["preprocessing"]
+    return Preprocessing(resolution=pre["resize"]["size"][0],
+                         crop_fraction=float(pre["crop"]["crop_fraction"]),
+                         mean=float(pre["normalize"]["mean"]), std=float(pre["normalize"]["std"]))
 
 
-def _spec_from_metadata(found, input_shape):
+def _spec_from_metadata(found, input_shape, where):
     """Preprocessing from the model's own metadata: x = (p − mean) / std, the whole frame's centre
     square resized to the input size."""
     from pipeline.metadata import normalization_options
 
     spec = Preprocessing(resolution=int(input_shape[1]))
     options = normalization_options(found) or {}
-    if options.get("std"):
-        return dataclasses.replace(spec, mean=float(options["mean"][0]), std=float(options["std"][0]))
-    return spec
+    if not options.get("std"):
+        return spec
+    try:
+        mean, std = float(options["mean"][0]), float(options["std"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        mean = std = float("nan")
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise PipelineInputError(f"{where}: the metadata's input normalization (mean "
+                                 f"{options.get('mean')}, std {options.get('std')}) is not a usable "
+                                 "x = (pixel - mean) / std; re-export the model")
+    return dataclasses.replace(spec, mean=mean, std=std)
+
+
+def _read(path, what):
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineInputError(f"{path}: no such {what}; pass an export folder (python -m "
+                                 "pipeline.export --output OUT) or a .tflite file") from None
+    except OSError as error:
+        raise PipelineInputError(f"cannot read {path}: {error.strerror}; fix its permissions or "
+                                 "re-export") from None
 
 
 def load_classifier(path):
     """A Classifier from an export folder (config + labels) or from a `.tflite` file alone."""
-    from pipeline import convert, metadata
+    from pipeline import convert
+    from pipeline.deploy import classifier_problem, read_config, read_labels
     from pipeline.inspect import contract, read_model
 
     path = Path(path)
@@ -65,30 +81,37 @@ def load_classifier(path):
         if not config_path.is_file():
             raise PipelineInputError(f"{path} has no model_config.json: pass an export folder or a "
                                      ".tflite file")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError) as error:
-            raise PipelineInputError(f"{config_path} is not readable JSON ({error}): re-export the "
-                                     "model") from None
-        if not isinstance(config, dict):
-            raise PipelineInputError(f"{config_path} is not a pipeline config: re-export the model")
-        model = read_model(path / str(config.get("model_file", "model.tflite")))
-        labels_path = path / str(config.get("labels_file", "labels.txt"))
-        try:
-            labels = labels_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise PipelineInputError(f"cannot read {labels_path} ({error}): re-export the model") from None
-        spec = _spec_from_config(config, config_path)
+        config = read_config(_read(config_path, "config"), config_path)
+        model_path = path / config["model_file"]
+        model = read_model(model_path)
+        labels_path = path / config["labels_file"]
+        labels = read_labels(_read(labels_path, "labels file"), labels_path)
+        spec = _spec_from_config(config)
         source = f"{config_path.name} and {labels_path.name}"
     else:
+        model_path = labels_path = path
         model = read_model(path)
-        info = contract(model, where=str(path))
-        found, _ = metadata.read_metadata(model)
+        labels = spec = None
+    info = contract(model, where=str(model_path))
+    problem = classifier_problem(info["inputs"], info["outputs"])
+    if problem:
+        raise PipelineInputError(f"{model_path} {problem}; predict classifies images with an "
+                                 "exported image classifier")
+    resolution, classes = info["inputs"][0]["shape"][1], info["outputs"][0]["shape"][1]
+    if spec is None:
+        found = info["metadata"] or {}
+        found = {} if "error" in found else found  # unreadable metadata: index labels, defaults
         labels = info["labels"]
-        spec = _spec_from_metadata(found, info["inputs"][0]["shape"])
+        spec = _spec_from_metadata(found, info["inputs"][0]["shape"], model_path)
         source = "the model's metadata" if found else "no metadata: index labels, default preprocessing"
-    output_kind = convert.output_kind(model)
-    return Classifier(model, labels or [], spec, output_kind, source)
+    elif spec.resolution != resolution:
+        raise PipelineInputError(f"{config_path} resizes to {spec.resolution} px but {model_path} "
+                                 f"takes {resolution} px: the files are from different exports; "
+                                 "re-export")
+    if labels and len(labels) != classes:
+        raise PipelineInputError(f"{labels_path} has {len(labels)} labels for the {classes} outputs "
+                                 f"of {model_path}: one label a line, in output order; re-export")
+    return Classifier(model, labels or [], spec, convert.output_kind(model), source)
 
 
 def probabilities(outputs, output_kind):
@@ -99,22 +122,34 @@ def probabilities(outputs, output_kind):
     return np.exp(log_softmax(outputs))
 
 
+def _decoded(image, spec):
+    """`preprocess` of one image file, or one line saying why it cannot be (Pillow raises many
+    classes on bad data: load_images sorts them from the environment's errors)."""
+    from pipeline.preprocess import load_images
+
+    try:
+        loaded = load_images([image], spec, workers=1)
+    except FileNotFoundError:
+        raise PipelineInputError(f"{image}: no such image file") from None
+    except IsADirectoryError:
+        raise PipelineInputError(f"{image} is a folder: pass image files") from None
+    except OSError as error:
+        raise PipelineInputError(f"cannot read {image}: {error.strerror}; fix its permissions") from None
+    if loaded.skipped:
+        raise PipelineInputError(f"{image} is {loaded.skipped[0][1]}: pass a JPEG, PNG, BMP or WebP "
+                                 "image")
+    return loaded.arrays[0]
+
+
 def predict(classifier, images, top_k=5, threads=1):
     """[(path, [(label, probability)], milliseconds)] for each image."""
     from pipeline.device_runner import Runner, load_runtime
-    from pipeline.preprocess import preprocess
 
+    arrays = [_decoded(image, classifier.spec) for image in images]  # every image, before any answer
     _, _, module = load_runtime()
     runner = Runner(module, model_content=classifier.model, threads=threads)
     results = []
-    for image in images:
-        try:
-            array = preprocess(image, classifier.spec)
-        except FileNotFoundError:
-            raise PipelineInputError(f"{image}: no such image file") from None
-        except (OSError, ValueError, SyntaxError) as error:
-            raise PipelineInputError(f"{image} is not an image Pillow can decode ({error}): pass a "
-                                     "JPEG, PNG, BMP or WebP file") from None
+    for image, array in zip(images, arrays):
         start = time.perf_counter()
         outputs = runner(array[None])
         elapsed_ms = (time.perf_counter() - start) * 1e3
@@ -141,6 +176,8 @@ def main(argv):
                                  "OUT/|MODEL.tflite IMAGE [IMAGE ...]")
     if values["top-k"].value < 1:
         raise PipelineInputError(f"--top-k must be at least 1 (got {values['top-k'].value})")
+    if values["threads"].value < 1:
+        raise PipelineInputError(f"--threads must be at least 1 (got {values['threads'].value})")
     classifier = load_classifier(argv[1])
     print(f"{argv[1]}: {classifier.output_kind} out; labels and preprocessing from {classifier.source}")
     for path, top, ms in predict(classifier, argv[2:], values["top-k"].value, values["threads"].value):

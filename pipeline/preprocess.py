@@ -191,6 +191,23 @@ def load_images(paths, spec, progress=None, workers=None):
     return LoadedImages(paths=good, arrays=stacked, skipped=skipped)
 
 
+def define_flags():
+    from pipeline.cli import define
+
+    define("float", "crop-fraction", 1.0,
+           "Center-crop this fraction of the shorter side before resizing (1.0 = whole square).")
+
+
+def spec_from_flags(flag_values, resolution):
+    """The Preprocessing of a model of `resolution` with --crop-fraction, checked."""
+    from pipeline.errors import PipelineInputError
+
+    crop = flag_values["crop-fraction"].value
+    if not 0 < crop <= 1:  # also refuses NaN
+        raise PipelineInputError(f"--crop-fraction {crop} must be in (0, 1], e.g. 1.0 or 0.875")
+    return Preprocessing(resolution=resolution, crop_fraction=crop)
+
+
 def main(argv):
     """Prints the tensor `preprocess` makes of each image (shape, range, checksum)."""
     import hashlib
@@ -199,8 +216,7 @@ def main(argv):
 
     from pipeline.errors import PipelineInputError
 
-    spec = Preprocessing(resolution=flags.FLAGS["resolution"].value,
-                         crop_fraction=flags.FLAGS["crop-fraction"].value)
+    spec = spec_from_flags(flags.FLAGS, flags.FLAGS["resolution"].value)
     if len(argv) < 2:
         raise PipelineInputError("give images: python -m pipeline.preprocess IMAGE [IMAGE ...]")
     for path in argv[1:]:
@@ -217,5 +233,5 @@ if __name__ == "__main__":
     from pipeline.cli import define, run
 
     define("integer", "resolution", 224, "Model input resolution.")
-    define("float", "crop-fraction", 1.0, "Center-crop fraction of the shorter side.")
+    define_flags()
     run(main)

@@ -7,73 +7,27 @@
     OUT/report.md          the same for a person
     OUT/parity.png         per-class top-1 of both models and the per-image KL distribution
 
-Every file is first written in full into a staging folder beside OUT, then moved into place with
-os.replace (atomic on one filesystem). A run that fails or is interrupted before that point leaves
-the previous artifacts untouched and removes its staging folder.
+All of them are replaced as one set (pipeline.artifacts): a run that fails, is interrupted or is
+killed leaves the previous set whole, never a model from one run beside a report from another.
 """
 
 import json
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
-from pipeline.errors import PipelineInputError
+from pipeline.artifacts import write_files_atomically
 
 CONFIG_FORMAT_VERSION = 2  # 2: x = (pixel − mean) / std; input "contract"; probabilities head
 
 
-def _nearest_existing(path):
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return path
+def command_line():
+    """The command as typed (export also runs inside check, the gate, and its studies)."""
+    import shlex
+    import sys
 
-
-def check_writable(out_dir):
-    """Fails early (before any work) when OUT cannot be written; creates nothing."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PipelineInputError(f"--output {out_dir} is a file, not a folder: pass a folder path")
-    existing = _nearest_existing(out_dir)
-    if not existing.is_dir():
-        raise PipelineInputError(
-            f"--output {out_dir} cannot be created: {existing} is a file; pass a folder path"
-        )
-    # os.access answers for root too on read-only mounts (EROFS) but not for special filesystems;
-    # a probe folder, removed at once, is the only honest check.
-    try:
-        probe = tempfile.mkdtemp(prefix=".write-probe-", dir=existing)
-        os.rmdir(probe)
-    except OSError as error:
-        raise PipelineInputError(
-            f"--output {out_dir} is not writable ({existing}: {error.strerror}): pass a folder you "
-            "can write to"
-        ) from None
-
-
-def write_files_atomically(out_dir, files):
-    """Writes {name: bytes|str} into `out_dir`; all files staged first, then each os.replace'd.
-
-    With name "" the single file is `out_dir` itself (a file path).
-    """
-    out_dir = Path(out_dir)
-    single = list(files) == [""]
-    target_dir = out_dir.parent if single else out_dir
-    target_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=target_dir))
-    try:
-        for name, content in files.items():
-            data = content.encode("utf-8") if isinstance(content, str) else content
-            with open(staging / (name or out_dir.name), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for name in files:
-            os.replace(staging / (name or out_dir.name), out_dir if single else out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "export"
+    return f"python -m pipeline.{module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def output_meaning(built, converted):
@@ -156,6 +110,7 @@ def versions(runtime_name=None, runtime_version=None):
         "numpy": version_of("numpy"),
         "pillow": version_of("pillow"),
         "ai_edge_litert": version_of("ai-edge-litert"),
+        "litert_quantizer": version_of("litert-quantizer"),
         "runtime": {"name": runtime_name, "version": runtime_version},
         "platform": platform.platform(),
     }
@@ -175,9 +130,13 @@ def framing(spec):
 
 
 def machine_line(machine):
-    """'AMD EPYC, 2 cores, x86_64/avx512_vnni (avx512_vnni avx512bw …)' for reports and the gate."""
+    """'AMD EPYC, 2 cores, class x86_64/avx512_vnni (avx512_vnni avx512bw …), int8 dot-product: yes
+    (avx512_vnni)' for reports and the gate."""
+    from pipeline.device_runner import int8_dot_product_line
+
     return (f"{machine.get('cpu_model') or 'unknown CPU'}, {machine.get('cpu_count')} cores, class "
-            f"{machine.get('machine_class')} ({' '.join(machine.get('isa') or []) or 'no int8 ISA found'})")
+            f"{machine.get('machine_class')} ({' '.join(machine.get('isa') or []) or 'no int8 ISA found'}), "
+            f"{int8_dot_product_line(machine)}")
 
 
 def ratio_line(ratio):

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import build, calibrate, report
+from pipeline import artifacts, build, calibrate, report
 from pipeline.errors import PipelineInputError
 from pipeline.preprocess import Preprocessing, load_images, preprocess
 
@@ -477,17 +477,20 @@ def train(cfg):
     # Decoded once: these arrays are view 0 of every image, and the held-out set as evaluated.
     train_set, val_set = _load(split.train, spec), _load(split.val, spec)
     split.skipped = train_set.skipped + val_set.skipped
-    for path, reason in split.skipped:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     kept = {str(p) for p in train_set.paths + val_set.paths}
     split.train_labels = [c for p, c in zip(split.train, split.train_labels) if str(p) in kept]
     split.val_labels = [c for p, c in zip(split.val, split.val_labels) if str(p) in kept]
     split.train, split.val = train_set.paths, val_set.paths
     missing = sorted(set(range(len(split.classes))) - set(split.train_labels))
     if missing:
+        cls = split.classes[missing[0]]
+        reasons = [r for p, r in train_set.skipped if Path(p).relative_to(split.root).parts[0] == cls]
         raise PipelineInputError(
-            f"class {split.classes[missing[0]]!r} has no decodable training images in {cfg.data}: "
-            "add images or remove the folder")
+            f"class {cls!r} has no decodable training images in {cfg.data}"
+            + (f" (first: {reasons[0]})" if reasons else "") + ": add images or remove the folder")
+    # Warned about only when training goes on; a refusal is one line.
+    for path, reason in split.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     timings["scan"] = time.perf_counter() - started
 
     keras.utils.set_random_seed(cfg.seed)
@@ -724,7 +727,7 @@ def write_outputs(cfg, result, command):
         result.model.save(model_file)
         model_bytes = model_file.read_bytes()
     val_root = split.root if not cfg.val else Path(cfg.val)
-    report.write_files_atomically(cfg.output, {
+    artifacts.write_files_atomically(cfg.output, {
         "model.keras": model_bytes,
         "labels.txt": "\n".join(split.classes) + "\n",
         "train_images.json": calibrate.write_image_list(split.root, split.train,
@@ -827,7 +830,7 @@ def main(argv):
     if len(argv) > 1:
         raise PipelineInputError(f"unexpected argument {argv[1]!r}: all inputs are --flags (see --help)")
     cfg = config_from_flags(flags.FLAGS)
-    report.check_writable(cfg.output)
+    artifacts.check_writable(cfg.output)
     result = train(cfg)
     command = "python -m pipeline.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = write_outputs(cfg, result, command)

@@ -336,6 +336,16 @@ def define_flags():
     define("integer", "threads", None, "Interpreter threads for evaluation (default: all cores).")
 
 
+def eval_set_from_flags(flag_values, built, calibration):
+    """--eval (all of it, or --eval-samples drawn by --seed), else the calibration folder's
+    labelled held-out images."""
+    directory = flag_values["eval"].value or calibration.default_eval_dir
+    if directory:
+        return eval_set_from_folder(directory, built, flag_values["eval-samples"].value,
+                                    flag_values["seed"].value)
+    return eval_set_from_held_out(calibration, built)
+
+
 def config_from_flags(flag_values):
     agreement = flag_values["min-agreement"].value
     if agreement is not None and not 0 <= agreement <= 1:
@@ -351,56 +361,30 @@ def config_from_flags(flag_values):
     return Thresholds(min_agreement=agreement, max_top1_drop=flag_values["max-top1-drop"].value)
 
 
-# float32 outputs (the softmax head) differ in their last bits between CPUs: XNNPACK's exp is a
-# different polynomial on x86 and ARM. Measured on the emulated cortex-a76 board: 19 ulp at most
-# (96 px ImageNet classifier, 20 Imagenette images).
-FLOAT_ULPS_ALLOWED = 64
+def read_classifier(path, flag):
+    """The bytes of the image classifier `flag` names, refused in one line when the file is not a
+    `.tflite`, does not load, or is not one [1, r, r, 3] image in and one score vector out (what
+    parity compares)."""
+    from pipeline.deploy import classifier_problem, tensor_specs
+    from pipeline.device_runner import load_runtime, make_interpreter
+    from pipeline.inspect import read_model
 
-
-def cross_arch_parity(target, model_path, paths, spec, max_lsb=None):
-    """Runs the model on `target` and here over the same input tensors; compares raw outputs.
-
-    Both sides use XNNPACK at 1 thread. Differences are in units of the output's last place: the
-    quantization step of an integer output, the float32 ulp of a float one. `max_lsb` defaults to
-    0 for integer outputs (int8 kernels agree bit for bit) and FLOAT_ULPS_ALLOWED for float32.
-    Returns {"images", "identical", "max_lsb", ...}."""
-    from pipeline import remote
-    from pipeline.device_runner import Runner, load_runtime, quantize_input
-
+    try:
+        model = read_model(path)
+    except PipelineInputError as error:
+        raise PipelineInputError(f"{flag} {error}") from None
     _, _, module = load_runtime()
-    host = Runner(module, model_path=str(model_path), threads=1)
-    loaded = load_images(paths, spec)
-    if not loaded.paths:
-        raise PipelineInputError("none of the parity images could be decoded")
-    inputs = np.stack([quantize_input(x[None], host.input)[0] for x in loaded.arrays])
-    host_outputs = np.stack([host.raw(x[None])[0] for x in inputs])
-    device_outputs, report = remote.remote_outputs(target, model_path, inputs)
-    if device_outputs.shape != host_outputs.shape:
-        raise PipelineInputError(f"the device returned outputs of shape {device_outputs.shape}, "
-                                 f"expected {host_outputs.shape}")
-    if np.issubdtype(host_outputs.dtype, np.integer):
-        difference = np.abs(device_outputs.astype(np.int64) - host_outputs.astype(np.int64))
-        allowed = 0 if max_lsb is None else max_lsb
-    else:
-        ulp = np.spacing(np.abs(host_outputs).astype(np.float32)).astype(np.float64)
-        difference = np.abs(device_outputs.astype(np.float64) - host_outputs.astype(np.float64)) / ulp
-        allowed = FLOAT_ULPS_ALLOWED if max_lsb is None else max_lsb
-    per_image = difference.reshape(len(inputs), -1).max(axis=1)
-    identical = int(np.sum(per_image == 0))
-    result = {
-        "target": str(target),
-        "images": int(len(inputs)),
-        "identical": identical,
-        "max_lsb": float(difference.max()),
-        "output_dtype": str(host_outputs.dtype),
-        "top1_agreement": float(np.mean(host_outputs.argmax(-1) == device_outputs.argmax(-1))),
-        "device": report["device"],
-        "device_runtime": report["runtime"],
-        "device_delegation": report["parity"]["delegation"],
-        "max_lsb_allowed": allowed,
-    }
-    result["passed"] = result["max_lsb"] <= allowed and result["top1_agreement"] == 1.0
-    return result
+    try:
+        interpreter = make_interpreter(module, model_content=model)
+    except (ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise PipelineInputError(f"{flag} {path} does not load in LiteRT ({reason}): pass the "
+                                 "exported .tflite") from None
+    problem = classifier_problem(tensor_specs(interpreter.get_input_details()),
+                                 tensor_specs(interpreter.get_output_details()))
+    if problem:
+        raise PipelineInputError(f"{flag} {path} {problem}; pass the exported image classifier")
+    return model
 
 
 def main(argv):
@@ -415,10 +399,17 @@ def main(argv):
 
     flag_values = flags.FLAGS
     path = flag_values["tflite"].value
-    if not path or not Path(path).is_file():
-        raise PipelineInputError(f"--tflite {path}: no such model file; pass the exported .tflite")
+    if not path:
+        raise PipelineInputError("--tflite MODEL is required: pass the exported .tflite")
     if flag_values["target"].value:
-        return _cross_arch_main(flag_values, path)
+        from pipeline import remote
+
+        # The address first: one with shell syntax in it is refused before anything else runs.
+        remote.parse_target(flag_values["target"].value, flag_values["ssh-option"].value,
+                            flag_values["remote-python"].value)
+    model = read_classifier(path, "--tflite")
+    if flag_values["target"].value:
+        return remote.cross_arch_main(flag_values, path)
     directory = flag_values["eval"].value
     if not directory:
         raise PipelineInputError("--eval DIR is required: a folder of images to compare the models on")
@@ -427,7 +418,7 @@ def main(argv):
     float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none"))
     eval_set = eval_set_from_folder(directory, built, flag_values["eval-samples"].value,
                                     flag_values["seed"].value)
-    result = verify(built, float_model.tflite, Path(path).read_bytes(), eval_set,
+    result = verify(built, float_model.tflite, model, eval_set,
                     Preprocessing(resolution=built.resolution), thresholds,
                     threads=flag_values["threads"].value)
     json.dump(result.to_json(), sys.stdout, indent=2)
@@ -439,47 +430,6 @@ def main(argv):
         raise ParityError("parity check failed (see ✗ above)")
 
 
-def _cross_arch_main(flag_values, path):
-    import json
-    import sys
-
-    from pipeline import remote
-    from pipeline.preprocess import Preprocessing
-
-    directory = flag_values["eval"].value
-    if not directory:
-        raise PipelineInputError("--eval DIR is required: images to run on both machines")
-    target = remote.parse_target(flag_values["target"].value, flag_values["ssh-option"].value,
-                                 flag_values["remote-python"].value)
-    if not isinstance(target, remote.SshTarget):
-        raise PipelineInputError("cross-architecture parity runs over ssh:// targets")
-    folder = calibrate.scan_images(directory)
-    if not folder.files:
-        raise PipelineInputError(f"no images in {directory}")
-    paths = calibrate.sample_files(folder, flag_values["eval-samples"].value or 50,
-                                   flag_values["seed"].value)[0]
-    from pipeline.device_runner import Runner, load_runtime
-
-    _, _, module = load_runtime()
-    resolution = int(Runner(module, model_path=path).input["shape"][1])
-    result = cross_arch_parity(target, path, sorted(paths), Preprocessing(resolution=resolution),
-                               flag_values["max-lsb"].value)
-    json.dump(result, sys.stdout, indent=2)
-    print()
-    device = result["device"]
-    mark = "✓" if result["passed"] else "✗"
-    print(f"{mark} {result['identical']}/{result['images']} outputs identical on {device['machine']} "
-          f"({'EMULATED: ' + device['emulation'] if device.get('emulated') else device.get('cpu_model')}); "
-          f"max difference {result['max_lsb']:g} "
-          f"{'LSB' if result['output_dtype'].startswith(('int', 'uint')) else 'ulp'} "
-          f"(≤ {result['max_lsb_allowed']:g}), top-1 agreement {result['top1_agreement']:.0%}",
-          file=sys.stderr)
-    if not result["passed"]:
-        from pipeline.errors import ParityError
-
-        raise ParityError("cross-architecture parity failed")
-
-
 def define_target_flags():
     from pipeline.cli import define
 
@@ -489,7 +439,7 @@ def define_target_flags():
 
 
 if __name__ == "__main__":
-    from pipeline import build
+    from pipeline import build, remote
     from pipeline.cli import define, run
 
     build.define_flags()
@@ -498,5 +448,5 @@ if __name__ == "__main__":
     define("string", "tflite", None, "The .tflite model to compare with the float model.")
     define("float", "max-lsb", None, "With --target: the largest output difference still counted "
            "as parity, in quantization steps for integer outputs (default 0) and float32 ulps for "
-           f"float ones (default {FLOAT_ULPS_ALLOWED}).")
+           f"float ones (default {remote.FLOAT_ULPS_ALLOWED}).")
     run(main)

@@ -72,18 +72,26 @@ CPU part\t: 0xd4f
 """
 
 
-@pytest.mark.parametrize("cpuinfo, machine, isa, machine_class", [
-    (AVX2_CPUINFO, "x86_64", ["avx2", "avx", "sse4_1"], "x86_64/avx2"),
+@pytest.mark.parametrize("cpuinfo, machine, isa, machine_class, dot_product", [
+    (AVX2_CPUINFO, "x86_64", ["avx2", "avx", "sse4_1"], "x86_64/avx2", []),
     (VNNI_CPUINFO, "x86_64", ["avx512_vnni", "avx512bw", "avx512f", "avx2", "avx", "sse4_1"],
-     "x86_64/avx512_vnni"),
-    (ARM_CPUINFO, "aarch64", ["i8mm", "dotprod", "sve", "neon"], "aarch64/i8mm"),
-    ("", "riscv64", [], "riscv64/unknown"),
+     "x86_64/avx512_vnni", ["avx512_vnni"]),
+    (AVX2_CPUINFO.replace("avx2", "avx2 avx_vnni"), "x86_64", ["avx_vnni", "avx2", "avx", "sse4_1"],
+     "x86_64/avx_vnni", ["avx_vnni"]),
+    (ARM_CPUINFO, "aarch64", ["i8mm", "dotprod", "sve", "neon"], "aarch64/i8mm", ["i8mm", "dotprod"]),
+    (ARM_CPUINFO.replace(" asimddp", "").replace(" i8mm", ""), "aarch64", ["sve", "neon"],
+     "aarch64/sve", []),
+    ("", "riscv64", [], "riscv64/unknown", []),
 ])
 def test_machine_class_from_the_instruction_sets_that_decide_int8_speed(cpuinfo, machine, isa,
-                                                                        machine_class):
+                                                                        machine_class, dot_product):
     found = device_runner.cpu_features(cpuinfo, machine)
     assert found == isa
     assert device_runner.machine_class(machine, found) == machine_class
+    # Reports say whether the CPU has int8 dot-product instructions: that decides int8 vs float32.
+    assert device_runner.int8_dot_product(found) == dot_product
+    line = device_runner.int8_dot_product_line({"isa": found})
+    assert line.startswith("int8 dot-product: yes" if dot_product else "int8 dot-product: none"), line
 
 
 def test_this_machine_is_recorded():
@@ -91,6 +99,7 @@ def test_this_machine_is_recorded():
     assert facts["cpu_count"] >= 1 and facts["machine_class"].startswith(facts["machine"].lower())
     if facts["machine"] == "x86_64":
         assert "avx2" in facts["isa"] or "sse4_1" in facts["isa"]
+    assert facts["int8_dot_product"] == device_runner.int8_dot_product(facts["isa"])
 
 
 def test_ops_outside_the_delegate_are_counted_from_the_execution_plan(small_int8, small_float):

@@ -80,6 +80,9 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
         assert key in report
     # The machine the timings hold on, and the same-run ratio that holds on others.
     assert report["machine"]["machine_class"] and isinstance(report["machine"]["isa"], list)
+    # Whether int8 can beat float32 here: the CPU's int8 dot-product instructions, said in words.
+    assert isinstance(report["machine"]["int8_dot_product"], list)
+    assert "int8 dot-product: " in (out / "report.md").read_text()
     assert report["latency_ratio"] == {"value": 1.0, "threads": 1, "reference": {"kind": "self"},
                                        "median_ms": report["latency_ms"]["1"]["median"]}
     assert "latency ratio 1.00×" in (out / "report.md").read_text()
@@ -97,7 +100,7 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     assert all(v["median"] > 0 and v["p90"] >= v["median"] for v in report["latency_ms"].values())
     assert report["benchmark"]["runtime"] == "ai-edge-litert"
     assert report["benchmark"]["xnnpack_applied"] is True
-    assert {"python", "tensorflow", "keras", "runtime"} <= set(report["versions"])
+    assert {"python", "tensorflow", "keras", "runtime", "litert_quantizer"} <= set(report["versions"])
     assert set(report["timings_s"]) >= {"build", "calibrate", "convert", "verify", "benchmark"}
     # The truncated JPEG was skipped, counted, and replaced so 20 images were still used.
     calibration = report["calibration"]
@@ -263,3 +266,86 @@ def test_keep_float_export_is_timed_against_the_plain_int8_reference(calibration
     report = json.loads((out / "report.json").read_text())
     assert report["keep_float"]["mode"] == "names"
     assert report["latency_ratio"]["reference"]["kind"] == "int8"
+
+
+# --- Faults while the artifacts are written: a full disk, SIGKILL, two exports at once -----------
+
+def _consistent_set(out):
+    """The folder holds one export's whole set: every artifact, and the report describes this model."""
+    assert {p.name for p in out.iterdir()} == ARTIFACTS
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((out / "model_config.json").read_text())
+    assert report["sha256"]["model"] == hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
+    assert config["model"]["quantize"] == report["model"]["quantize"]
+    assert report["command"] in (out / "report.md").read_text() or report["model"]["name"] in (
+        out / "report.md").read_text()
+    return report
+
+
+def test_disk_full_while_writing_artifacts_leaves_the_previous_set(small_export, calibration_folder,
+                                                                   tmp_path):
+    from tests.test_artifacts import fill, small_tmpfs
+
+    previous, _ = small_export
+    size = sum(p.stat().st_size for p in previous.iterdir())
+    with small_tmpfs(tmp_path / "disk", size=f"{size // 1024 + 512}k") as disk:
+        out = disk / "out"
+        shutil.copytree(previous, out)
+        before = _digest(out)
+        fill(disk, 200 * 1024)  # room for a probe folder, not for a new model beside the old one
+        result = run_cli("export", *SMALL, "--quantize", "float16", "--calibration",
+                         calibration_folder[0], "--calibration-samples", "20", "--output", out)
+        _assert_bad_input(result, "no space left", str(out))
+        assert _digest(out) == before
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "out"]
+
+
+# Runs the real export, and SIGKILLs it the moment the new set has been swapped in (before the old
+# set is removed): the worst instant to die.
+_KILLED_AFTER_SWAP = """
+import os, runpy, signal, sys
+from pipeline import artifacts
+swap = artifacts.exchange
+def swap_then_die(a, b):
+    swap(a, b)
+    os.kill(os.getpid(), signal.SIGKILL)
+artifacts.exchange = swap_then_die
+sys.argv = ["pipeline/export.py"] + sys.argv[1:]
+runpy.run_module("pipeline.export", run_name="__main__")
+"""
+
+
+def test_sigkill_and_concurrent_exports_leave_one_whole_set(small_export, calibration_folder,
+                                                            tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(small_export[0], out)
+    before = _digest(out)
+    args = [*SMALL, "--calibration", str(calibration_folder[0]), "--calibration-samples", "20",
+            "--output", str(out)]
+    # 1. SIGKILL at a moment inside the report stage (rendering, staging, writing).
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.export", *args, "--quantize", "float16"],
+                               cwd=REPO, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in process.stderr:
+        if "report…" in line:
+            time.sleep(0.3)
+            process.kill()
+            break
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    assert _digest(out) == before
+    # 2. SIGKILL right after the swap: the new set is whole, the old one is left beside it, hidden.
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_SWAP, *args, "--quantize", "float16"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _consistent_set(out)["model"]["quantize"] == "float16"
+    assert any(".partial-" in p.name for p in tmp_path.iterdir())
+    # 3. Two exports into the same folder at once (int8 and dynamic): both finish, the folder holds
+    # one of them whole, and what the killed runs left is gone.
+    runs = [subprocess.Popen([sys.executable, "-m", "pipeline.export", *args, "--quantize", mode],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for mode in ("int8", "dynamic")]
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert _consistent_set(out)["model"]["quantize"] in ("int8", "dynamic")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
