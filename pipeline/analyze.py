@@ -172,9 +172,9 @@ def main(argv):
 
     values = flags.FLAGS
     if values["json"].value:
-        from pipeline.check import check_output_file
+        from pipeline.artifacts import check_writable_file
 
-        check_output_file(values["json"].value, "--json")  # before the model is built
+        check_writable_file(values["json"].value, "--json")  # before the model is built
     result = analyze(values["alpha"].value, values["resolution"].value)
     print(render_markdown(result))
     if values["json"].value:

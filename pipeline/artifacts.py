@@ -61,6 +61,18 @@ def check_writable(out_dir):
         ) from None
 
 
+def check_writable_file(path, flag):
+    """Fails before any work when the file `flag` names cannot be written; creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise PipelineInputError(f"{flag} {path} is a folder: pass a file path")
+    try:
+        check_writable(path.parent)
+    except PipelineInputError:
+        raise PipelineInputError(f"{flag} {path} cannot be written: {path.parent} is not a folder "
+                                 "you can write to; pass a file path in one") from None
+
+
 def _write_error(target, error):
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         what = "no space left on the device"
@@ -128,23 +140,26 @@ def _fsync_dir(path):
 
 
 def _remove_orphaned_staging(parent, name):
-    """Removes staging folders of `name` left by writers that died (SIGKILL, power loss)."""
-    prefix = f".{name}{STAGING_MARK}"
-    for entry in Path(parent).glob(prefix + "*"):
-        if not entry.is_dir() or entry.is_symlink():
+    """Removes staging folders and files of `name` left by writers that died (SIGKILL, power loss)."""
+    for entry in Path(parent).glob(f".{name}{STAGING_MARK}*"):
+        if entry.is_symlink():
             continue
         try:
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open(entry, os.O_RDONLY | (os.O_DIRECTORY if entry.is_dir() else 0))
         except OSError:
             continue
         try:
-            # A live writer holds its staging folder's lock; a dead one's is gone.
+            # A live writer holds its staging entry's lock; a dead one's is gone.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             continue
         finally:
             os.close(fd)
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def _link_tree(source, destination):
@@ -213,8 +228,16 @@ def _carry_over(out_dir, staging):
             _carry_over(entry, target)  # a sub-folder this write adds files to
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _commit(staging, out_dir, files):
     if not out_dir.exists():
+        # mkdtemp makes the staging folder private (0700); the artifacts are not.
+        os.chmod(staging, 0o777 & ~_umask())
         os.rename(staging, out_dir)
         _fsync_dir(out_dir.parent)
         return
@@ -244,18 +267,24 @@ def _replace_one_by_one(staging, out_dir, files):
 
 
 def _write_single(path, content):
+    with _locked(path.parent):
+        _remove_orphaned_staging(path.parent, path.name)
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}{STAGING_MARK}", dir=path.parent)
-        os.close(fd)
     except OSError as error:
         raise _write_error(path, error) from None
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # live (see _remove_orphaned_staging)
         try:
             _write_file(Path(temporary), content)
+            # mkstemp makes the file private (0600); keep the mode of the file it replaces.
+            mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+            os.chmod(temporary, mode)
             os.replace(temporary, path)
         except OSError as error:
             raise _write_error(path, error) from None
         _fsync_dir(path.parent)
     finally:
+        os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

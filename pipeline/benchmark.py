@@ -316,4 +316,4 @@ if __name__ == "__main__":
     from pipeline.cli import run
 
     define_host_flags()
-    run(main)
+    run(main, positional=True)

@@ -70,18 +70,15 @@ def imagenet_labels():
     return names, synsets
 
 
-def read_labels(path, expected):
+def read_labels(path, expected=None):
+    """The labels in a labels.txt (pipeline.readers.parse_labels), `expected` of them if given."""
+    from pipeline.readers import parse_labels
+
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        data = Path(path).read_bytes()
     except OSError as error:
         raise PipelineInputError(f"cannot read labels file {path}: {error.strerror}") from None
-    labels = [line.strip() for line in lines if line.strip()]
-    if len(labels) != expected:
-        raise PipelineInputError(
-            f"labels file {path} has {len(labels)} labels but the model has {expected} outputs: "
-            "give one label a line, in output order"
-        )
-    return labels
+    return parse_labels(data, f"labels file {path}", expected)
 
 
 def file_sha256(path):

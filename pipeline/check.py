@@ -38,7 +38,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from pipeline.errors import ParityError, PipelineInputError
-from pipeline.artifacts import check_writable, write_files_atomically
+from pipeline.readers import parse_json
+from pipeline.artifacts import check_writable, check_writable_file, write_files_atomically
 from pipeline.report import machine_line
 
 BASELINE_FORMAT = 2
@@ -95,27 +96,20 @@ def _not_judged(name, bound, relation, detail, fail=False):
     return CheckResult(name, None, bound, relation, not fail, detail, skipped=True)
 
 
-def _refuse_constant(name):
-    # Python's json takes NaN and Infinity, which are not JSON and compare false with every bound.
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def load_json(path, what):
-    """The JSON in `path`; a byte-order mark is fine, NaN / Infinity and broken JSON are not."""
+    """The JSON in `path`; a byte-order mark is fine, NaN / Infinity (which compare false with every
+    bound), numbers past a float's range and broken JSON are not (pipeline.readers.parse_json)."""
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise PipelineInputError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise PipelineInputError(f"{what} {path} is a folder: pass the JSON file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise PipelineInputError(f"{what} {path} is not readable ({error})") from None
     fix = ("write it with --update-baseline" if what == "--baseline" else
            "pass the report.json an export wrote")
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as error:
-        raise PipelineInputError(f"{what} {path} is not readable JSON ({error}): {fix}") from None
+    return parse_json(data, f"{what} {path}", fix)
 
 
 def check_report(report, where):
@@ -133,18 +127,6 @@ def check_report(report, where):
         for key in ("top1", "top5"):
             if metrics.get(key) is not None:
                 _number(metrics, key, f"{where}: {side}", fix)
-
-
-def check_output_file(path, flag):
-    """Fails before any work when the file `flag` names cannot be written; creates nothing."""
-    path = Path(path)
-    if path.is_dir():
-        raise PipelineInputError(f"{flag} {path} is a folder: pass a file path")
-    try:
-        check_writable(path.parent)
-    except PipelineInputError:
-        raise PipelineInputError(f"{flag} {path} cannot be written: {path.parent} is not a folder "
-                                 "you can write to; pass a file path in one") from None
 
 
 def latency_entry(report):
@@ -408,9 +390,9 @@ def main(argv):
         raise PipelineInputError("--baseline FILE is required (create it with --update-baseline)")
     for flag in ("junit", "result", "summary"):
         if values[flag].value:
-            check_output_file(values[flag].value, f"--{flag}")
+            check_writable_file(values[flag].value, f"--{flag}")
     if values["update-baseline"].value:
-        check_output_file(baseline_path, "--baseline")
+        check_writable_file(baseline_path, "--baseline")
     if values["report"].value:
         report = load_json(values["report"].value, "--report")
         check_report(report, f"--report {values['report'].value}")

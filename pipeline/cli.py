@@ -1,6 +1,7 @@
 """What every stage's command line shares: quiet TensorFlow, absl flags defined once, and the rule
 that bad input ends in one line on stderr and exit code 2, never a traceback."""
 
+import errno
 import os
 import signal
 import sys
@@ -52,10 +53,23 @@ def _import_tensorflow_quietly():
         pass  # the device runner and benchmark work with ai-edge-litert alone
 
 
-def run(main):
-    """absl's app.run, with typed pipeline errors turned into one line and an exit code."""
+def _interrupted():
+    print("interrupted: previous artifacts left as they were", file=sys.stderr)
+    sys.exit(130)
+
+
+def run(main, positional=False):
+    """absl's app.run, with typed pipeline errors turned into one line and an exit code.
+
+    `positional`: whether the command takes arguments besides its flags (files); a stray one
+    is refused rather than ignored (`convert --quantize int8 model.tflite` wrote nothing, silently,
+    where `--out model.tflite` was meant)."""
 
     def guarded(argv):
+        if not positional and len(argv) > 1:
+            print(f"error: unexpected argument {argv[1]!r}: all inputs of this command are --flags "
+                  "(see --help)", file=sys.stderr)
+            sys.exit(2)
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         signal.signal(signal.SIGINT, _terminate_as_interrupt)
         logging.set_verbosity(logging.WARNING)
@@ -66,11 +80,21 @@ def run(main):
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
+        except OSError as error:
+            # A full disk outside the artifacts (TensorFlow's temporary files, a cache) is the
+            # machine's state, not a bug: one line, like any other input problem.
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if not _SIGNALLED:
+                    raise
+                _interrupted()
+            print(f"error: no space left on the device writing {error.filename or 'a temporary file'}: "
+                  "free some space (or point TMPDIR at a roomier disk); previous artifacts left as "
+                  "they were", file=sys.stderr)
+            sys.exit(2)
         except (KeyboardInterrupt, Exception) as error:
             if not (_SIGNALLED or isinstance(error, KeyboardInterrupt)):
                 raise
-            print("interrupted: previous artifacts left as they were", file=sys.stderr)
-            sys.exit(130)
+            _interrupted()
 
     app.run(guarded, flags_parser=_parse_flags)
 

@@ -168,18 +168,24 @@ def _dtype_name(code):
     return {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}[code].lower()
 
 
-def read_ops(model_bytes):
-    """(model, main graph, [(builtin op name, op)] in execution order) from a .tflite flatbuffer."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+def read_ops(model_bytes, where="the model"):
+    """(model, main graph, [(builtin op name, op)] in execution order) from a .tflite flatbuffer.
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    The bytes are checked by pipeline.readers.parse_model: a damaged file is a PipelineInputError
+    naming `where`, not garbage read through out-of-range offsets."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from pipeline.readers import parse_model
+
+    model = parse_model(model_bytes, where)
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
     ops = []
-    for op in graph.operators:
+    for op in graph.operators or []:
         code = model.operatorCodes[op.opcodeIndex]
-        ops.append((op_names[max(code.builtinCode, code.deprecatedBuiltinCode)], op))
+        number = max(code.builtinCode, code.deprecatedBuiltinCode)
+        # An op newer than this schema still counts, under its number.
+        ops.append((op_names.get(number, f"BUILTIN_{number}"), op))
     return model, graph, ops
 
 
@@ -276,6 +282,30 @@ def calibrating_converter(built, calibration_arrays, per_channel, head):
     return converter
 
 
+# The converter writes the model as a SavedModel into TMPDIR first (15 MB for MobileNetV2 0.35/96,
+# measured); when that disk is full, TensorFlow fails with errors that say nothing of it (seen: a
+# TypeError from Keras' call context).
+LOW_TEMPORARY_SPACE = 256 * 2**20
+
+
+@contextlib.contextmanager
+def temporary_space():
+    """Turns a converter failure on a nearly full TMPDIR into one line that says so."""
+    try:
+        yield
+    except Exception:
+        import shutil
+        import tempfile
+
+        where = tempfile.gettempdir()
+        free = shutil.disk_usage(where).free
+        if free >= LOW_TEMPORARY_SPACE:
+            raise
+        raise PipelineInputError(
+            f"the TFLite converter ran out of temporary space in {where} ({free / 2**20:.1f} MiB "
+            "free): free some space or point TMPDIR at a roomier disk") from None
+
+
 def calibrate_model(built, calibration_arrays, per_channel=True, head="probabilities"):
     """The float model annotated with calibrated ranges (TFLite's calibrate-only step), its input
     range set to what the preprocessing produces (`fix_input_range`).
@@ -292,7 +322,7 @@ def calibrate_model(built, calibration_arrays, per_channel=True, head="probabili
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
-    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), temporary_space():
         return fix_input_range(converter.convert())
 
 
@@ -588,7 +618,7 @@ def convert(built, calibration_arrays, cfg, float_tflite=None):
     # stdout; the user needs neither.
     from pipeline.device_runner import quiet_native_stderr
 
-    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), temporary_space():
         model_bytes = converter.convert()
     return _converted(model_bytes, cfg)
 
@@ -683,6 +713,10 @@ def main(argv):
     convert_cfg = config_from_flags(flag_values)
     check_config(convert_cfg)
     out = flag_values["out"].value
+    if out:
+        from pipeline.artifacts import check_writable_file
+
+        check_writable_file(out, "--out")  # before the model is built and converted
     built = build.build_model(build.config_from_flags(flag_values))
     arrays = None
     if convert_cfg.quantize in ("int8", "int16x8"):

@@ -12,11 +12,11 @@ copied. The three files are staged and os.replace'd
 into android_demo/app/src/main/assets/ so the app never sees a half-copied set.
 """
 
-import json
 from pathlib import Path
 
 from pipeline.errors import PipelineInputError
 from pipeline.artifacts import write_files_atomically
+from pipeline.readers import parse_json, parse_labels, parse_model
 
 ASSETS = Path("app/src/main/assets")
 FILES = ("model.tflite", "labels.txt", "model_config.json")
@@ -40,20 +40,12 @@ def check_contract(artifact_dir):
     return check_files(files, artifact_dir)
 
 
-def _refuse_constant(name):
-    # Python's json takes NaN and Infinity, which are not JSON: no app parser would read them.
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def read_config(data, where):
     """model_config.json (bytes or text) as a dict, with every field an app and pipeline.predict
     read checked for type and range; one line naming `where` otherwise."""
     fix = "re-export the model (python -m pipeline.export)"
-    try:
-        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.lstrip("\ufeff")
-        config = json.loads(text, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise PipelineInputError(f"{where} is not readable JSON ({error}): {fix}") from None
+    # Strict JSON (no NaN / Infinity / 1e400, no nesting past the parser's depth): pipeline.readers.
+    config = parse_json(data, where, fix)
 
     def field(*keys, kind=dict):
         node = config
@@ -107,28 +99,10 @@ def read_config(data, where):
 
 
 def read_labels(data, where):
-    """labels.txt (bytes or text) → one label a line, in output order. A UTF-8 byte-order mark
-    and CRLF line endings are fine (Windows editors write them); blank lines between labels,
-    repeated labels and bytes that are not UTF-8 are refused: the app would show a shifted, an
-    ambiguous or a garbled class."""
-    try:
-        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.lstrip("\ufeff")
-    except UnicodeDecodeError as error:
-        raise PipelineInputError(f"{where} is not UTF-8 text (byte {error.start}: "
-                                 f"{error.reason}): save it as UTF-8, one label a line") from None
-    lines = [line.strip() for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()  # the final newline, or a few
-    seen = {}
-    for number, label in enumerate(lines, start=1):
-        if not label:
-            raise PipelineInputError(f"{where} line {number} is blank: give one label a line, in "
-                                     "output order, with no blank lines between them")
-        if label in seen:
-            raise PipelineInputError(f"{where} line {number} repeats line {seen[label]} "
-                                     f"({label!r}): labels must be unique, one per output")
-        seen[label] = number
-    return lines
+    """labels.txt (bytes or text) → one label a line, in output order: the one labels reader,
+    pipeline.readers.parse_labels (a byte-order mark and CRLF are fine; blank or repeated lines,
+    control characters and bytes that are not UTF-8 are refused, naming the line)."""
+    return parse_labels(data, where)
 
 
 def classifier_problem(inputs, outputs):
@@ -172,6 +146,7 @@ def check_files(files, artifact_dir):
     labels = read_labels(files["labels.txt"], labels_where)
     _, _, module = load_runtime()
     where = artifact_dir / "model.tflite"
+    parse_model(files["model.tflite"], str(where))  # before LiteRT, which can crash on damage
     try:
         interpreter = make_interpreter(module, model_content=files["model.tflite"])
     except (ValueError, RuntimeError) as error:
@@ -198,8 +173,8 @@ def check_files(files, artifact_dir):
     out_shape = outputs[0]["shape"]
     if out_shape[1] != len(labels):
         raise PipelineInputError(
-            f"{where} outputs {out_shape} but {labels_where} has {len(labels)} labels: they must "
-            "match (one label per output, in order)")
+            f"{where} outputs {out_shape} but labels.txt has {len(labels)} labels ({labels_where}): "
+            "they must match (one label per output, in order)")
     return dict(files, **{"labels.txt": "\n".join(labels) + "\n"})
 
 
@@ -223,4 +198,4 @@ def main(argv):
 if __name__ == "__main__":
     from pipeline.cli import run
 
-    run(main)
+    run(main, positional=True)

@@ -102,10 +102,8 @@ def export_from_flags(flag_values=FLAGS):
 
 
 def main(argv):
-    from pipeline.errors import ParityError, PipelineInputError
+    from pipeline.errors import ParityError
 
-    if len(argv) > 1:
-        raise PipelineInputError(f"unexpected argument {argv[1]!r}: all inputs are --flags (see --help)")
     written, out_dir, parity = export_from_flags(FLAGS)
     print(verify.format_checks(parity))
     print(clients.format_rows(written["clients"]["checked"]))

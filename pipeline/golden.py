@@ -161,6 +161,13 @@ def image_folder_set(folder, spec=Preprocessing(), grid=UINT8_INPUT):
         path, reason = loaded.skipped[0]
         raise PipelineInputError(f"--images: {path} is {reason}: replace it with a valid photo or "
                                  "remove it")
+    stems = {}
+    for path in found.files:
+        if path.stem in stems:
+            # Vectors are named after the photo: one of the two would silently replace the other.
+            raise PipelineInputError(f"--images: {stems[path.stem]} and {path} would both be vector "
+                                     f"photo_{path.stem}: rename one of them")
+        stems[path.stem] = path
     files = {}
     for path in found.files:
         with Image.open(path) as image:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import metadata
 from pipeline.errors import PipelineInputError
+from pipeline.readers import TFLITE_IDENTIFIER, parse_labels, parse_model
 
 # What MediaPipe Tasks' ImageClassifier takes (the Task Library's rules are the same): measured
 # with mediapipe 1.2.x, which refuses an int8 output and a float32 input without normalization.
@@ -32,10 +33,12 @@ def read_model(path):
         raise PipelineInputError(f"{path} is a folder: pass a .tflite file") from None
     except OSError as error:
         raise PipelineInputError(f"cannot read {path}: {error.strerror}") from None
-    # A TFLite flatbuffer carries its file identifier "TFL3" at bytes 4..8.
-    if len(data) < 8 or data[4:8] != b"TFL3":
+    # A TFLite flatbuffer carries its file identifier "TFL3" at bytes 4..8; the rest is checked by
+    # parse_model before anything native reads it.
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         raise PipelineInputError(f"{path} is not a TFLite model (no TFL3 identifier): pass a .tflite "
                                  "file written by the converter")
+    parse_model(data, str(path))
     return data
 
 
@@ -49,31 +52,37 @@ def _tensor(detail):
 
 
 def contract(model_bytes, where="model"):
-    """Everything `inspect` prints, as a dict."""
+    """Everything `inspect` prints, as a dict. A file that is not a model LiteRT loads is a
+    PipelineInputError; damaged metadata or packed labels are reported in the dict (the graph
+    still runs, and inspect is how one finds out what a client would see)."""
     from pipeline import convert
-    from pipeline.device_runner import Runner, load_runtime
+    from pipeline.device_runner import load_runtime, make_interpreter
 
+    # Checked in Python first: LiteRT verifies the flatbuffer, but crashes on some that verify.
+    parse_model(model_bytes, where)
     _, _, module = load_runtime()
     try:
-        runner = Runner(module, model_content=model_bytes)
+        # The interpreter alone (not a Runner, which needs an input): a model with no input or
+        # several is described, and client_verdicts says who refuses it.
+        interpreter = make_interpreter(module, model_content=model_bytes)
     except (ValueError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:200]
         raise PipelineInputError(f"{where} does not load in LiteRT ({reason}): re-export it") from None
-    interpreter = runner.interpreter
     inputs = [_tensor(d) for d in interpreter.get_input_details()]
     outputs = [_tensor(d) for d in interpreter.get_output_details()]
     ops, weighted = convert.inspect_tflite(model_bytes)
     try:
-        found, files = metadata.read_metadata(model_bytes)
-    except (ValueError, RuntimeError) as error:
-        found, files = {"error": " ".join(str(error).split())[:200]}, {}
-    labels = None
+        found, files = metadata.read_metadata(model_bytes, where)
+    except PipelineInputError as error:
+        found, files = {"error": " ".join(str(error).split())[:300]}, {}
+    labels = labels_error = None
     for name, data in files.items():
         if name.endswith(".txt"):
             try:
-                labels = data.decode("utf-8").splitlines()
-            except UnicodeDecodeError:
-                labels = None
+                labels, labels_error = parse_labels(data, f"{name} packed in {where}"), None
+            except PipelineInputError as error:
+                labels, labels_error = None, str(error)
+    extra = {"labels_error": labels_error} if labels_error else {}
     return {
         "size_bytes": len(model_bytes),
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
@@ -84,6 +93,7 @@ def contract(model_bytes, where="model"):
         "metadata": found,
         "packed_files": sorted(files),
         "labels": labels,
+        **extra,
         "ops": ops,
         "weighted_ops": convert.summarize_weighted_ops(weighted),
         "clients": client_verdicts(inputs, outputs, found),
@@ -133,6 +143,8 @@ def render(info, path):
         if options is not None:
             lines.append(f"    input normalization: mean {options.get('mean')} std {options.get('std')}")
         lines += [f"    output: {description}" for description in metadata.output_descriptions(found)]
+    if info.get("labels_error"):
+        lines.append(f"  labels (packed): unreadable ({info['labels_error']})")
     if info["labels"] is not None:
         shown = ", ".join(info["labels"][:5])
         lines.append(f"  labels (packed): {len(info['labels'])}: {shown}{', …' if len(info['labels']) > 5 else ''}")
@@ -169,4 +181,4 @@ if __name__ == "__main__":
     from pipeline.cli import run
 
     define_flags()
-    run(main)
+    run(main, positional=True)

@@ -21,11 +21,18 @@ maintained successor of tflite-support's. Two things are done around them, both 
 """
 
 import dataclasses
+import functools
 import importlib.util
 import io
+import json
+import lzma
+import struct
 import sys
 import types
 import zipfile
+import zlib
+
+from pipeline.errors import PipelineInputError
 
 MISSING_NATIVE_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 # Schema members added after metadata 1.0.0, with the version that added each (upstream
@@ -178,20 +185,85 @@ def write_image_classifier_metadata(model_bytes, info, labels, norm_mean, norm_s
     return _fixed_zip_times(bytes(model_with_metadata))
 
 
-def read_metadata(model_bytes):
-    """(metadata dict or None, {packed file name: bytes}) of a `.tflite`."""
-    import json
+METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry MediaPipe and the Task Library read
+# Packed files are labels and vocabularies (kilobytes); a zip entry that inflates past this is not
+# one (a zip bomb would otherwise be inflated in memory whole).
+MAX_PACKED_FILE_BYTES = 64 << 20
+# What zipfile raises on a damaged archive besides BadZipFile: inflate errors (zlib.error), a
+# compression method it lacks (NotImplementedError), an encrypted entry (RuntimeError), reads past
+# the end (EOFError, OSError, struct.error), a name in no encoding (UnicodeDecodeError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+               RuntimeError, EOFError, OSError, ValueError, struct.error, OverflowError,
+               UnicodeDecodeError, lzma.LZMAError)
 
+
+@functools.lru_cache(maxsize=1)
+def _metadata_schema(path):
+    from pipeline.readers import Schema
+
+    with open(path, encoding="utf-8") as schema:
+        return Schema(schema.read())
+
+
+def _packed_files(model_bytes, where):
+    """{name: bytes} of the zip the metadata writer appends to the model (MediaPipe reads the same)."""
+    try:
+        packed = zipfile.ZipFile(io.BytesIO(model_bytes))
+    except zipfile.BadZipFile:
+        return {}  # no zip behind the flatbuffer: nothing packed
+    except _ZIP_ERRORS as error:
+        raise PipelineInputError(f"the files packed in {where} are damaged ({error}): re-export "
+                                 "the model") from None
+    files = {}
+    with packed:
+        for info in packed.infolist():
+            if info.file_size > MAX_PACKED_FILE_BYTES:
+                raise PipelineInputError(f"{where} packs {info.filename!r} of {info.file_size:,} "
+                                         "bytes, more than any labels file: re-export the model")
+            try:
+                files[info.filename] = packed.read(info)
+            except _ZIP_ERRORS as error:
+                raise PipelineInputError(f"{info.filename!r} packed in {where} is damaged ({error}): "
+                                         "re-export the model") from None
+    return files
+
+
+def read_metadata(model_bytes, where="the model"):
+    """(metadata dict or None, {packed file name: bytes}) of a `.tflite`.
+
+    The model and its metadata flatbuffer are verified first (pipeline.readers): MediaPipe's reader
+    hands the metadata to flatbuffers' GenText, which reads damaged offsets wherever they point and
+    can take the process down. Damage is a PipelineInputError naming `where`."""
+    from pipeline.readers import check_flatbuffer, parse_model
+
+    model = parse_model(model_bytes, where)
+    buffers = model.buffers or []
+    metadata_buffer = None
+    for entry in model.metadata or []:
+        # As MediaPipe's get_metadata_buffer: the first entry so named that holds any bytes.
+        if entry.name is None or bytes(entry.name) != METADATA_NAME.encode():
+            continue
+        if not 0 <= entry.buffer < len(buffers):
+            raise PipelineInputError(f"{where}: its metadata entry points at buffer {entry.buffer} of "
+                                     f"{len(buffers)}: re-export the model")
+        data = buffers[entry.buffer].data
+        if data is not None and len(data):
+            metadata_buffer = bytes(data)
+            break
+    if metadata_buffer is None:
+        return None, {}
     _ensure_parser_version_module()
     from mediapipe.tasks.python.metadata import metadata
 
+    md_where = f"the metadata in {where}"
+    check_flatbuffer(_metadata_schema(metadata._FLATC_TFLITE_METADATA_SCHEMA_FILE),  # noqa: SLF001
+                     metadata_buffer, md_where)
     try:
-        displayer = metadata.MetadataDisplayer.with_model_buffer(bytearray(model_bytes))
-    except ValueError:  # "The model does not have metadata."
-        return None, {}
-    files = {name: displayer.get_associated_file_buffer(name)
-             for name in displayer.get_packed_associated_file_list()}
-    return json.loads(displayer.get_metadata_json()), files
+        found = json.loads(metadata.convert_to_json(metadata_buffer))
+    except (ValueError, RuntimeError) as error:  # GenText's own refusals; "nan" is not JSON
+        raise PipelineInputError(f"{md_where} does not convert to JSON "
+                                 f"({' '.join(str(error).split())[:160]}): re-export the model") from None
+    return found, _packed_files(model_bytes, where)
 
 
 def _subgraph(found):
@@ -248,8 +320,6 @@ def attach(converted, built, spec, info):
 
 def info_from_flags(flag_values, built, convert_cfg):
     """ModelInfo from the --model-* flags, defaulting to what the export knows."""
-    from pipeline.errors import PipelineInputError
-
     arch = built.architecture
     name = flag_values["model-name"].value or built.name
     description = flag_values["model-description"].value or (

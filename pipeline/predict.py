@@ -30,12 +30,16 @@ class Classifier:
     source: str  # where labels and preprocessing came from
 
 
-def _spec_from_config(config):
-    """Preprocessing from a config `deploy.read_config` has checked."""
-    pre = config["preprocessing"]
-    return Preprocessing(resolution=pre["resize"]["size"][0],
-                         crop_fraction=float(pre["crop"]["crop_fraction"]),
-                         mean=float(pre["normalize"]["mean"]), std=float(pre["normalize"]["std"]))
+def _spec_from_config(config, where):
+    """Preprocessing from a config dict (load_classifier's has been through deploy.read_config)."""
+    try:
+        pre = config["preprocessing"]
+        return Preprocessing(resolution=int(pre["resize"]["size"][0]),
+                             crop_fraction=float(pre["crop"]["crop_fraction"]),
+                             mean=float(pre["normalize"]["mean"]), std=float(pre["normalize"]["std"]))
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise PipelineInputError(f"{where} is not a pipeline config ({type(error).__name__}: "
+                                 f"{error}): re-export the model") from None
 
 
 def _spec_from_metadata(found, input_shape, where):
@@ -86,7 +90,7 @@ def load_classifier(path):
         model = read_model(model_path)
         labels_path = path / config["labels_file"]
         labels = read_labels(_read(labels_path, "labels file"), labels_path)
-        spec = _spec_from_config(config)
+        spec = _spec_from_config(config, config_path)
         source = f"{config_path.name} and {labels_path.name}"
     else:
         model_path = labels_path = path
@@ -136,8 +140,8 @@ def _decoded(image, spec):
     except OSError as error:
         raise PipelineInputError(f"cannot read {image}: {error.strerror}; fix its permissions") from None
     if loaded.skipped:
-        raise PipelineInputError(f"{image} is {loaded.skipped[0][1]}: pass a JPEG, PNG, BMP or WebP "
-                                 "image")
+        raise PipelineInputError(f"{image} is not an image Pillow can decode: {loaded.skipped[0][1]}; "
+                                 "pass a JPEG, PNG, BMP or WebP file")
     return loaded.arrays[0]
 
 
@@ -190,4 +194,4 @@ if __name__ == "__main__":
     from pipeline.cli import run
 
     define_flags()
-    run(main)
+    run(main, positional=True)

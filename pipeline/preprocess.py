@@ -8,8 +8,9 @@ the exact steps are also written into `model_config.json` (`Preprocessing.to_con
 Steps, in order:
   1. decode with Pillow; apply the EXIF orientation tag;
   2. convert to 8-bit RGB: palette and grayscale expand to RGB, alpha is discarded (colour values
-     kept as stored), CMYK uses Pillow's conversion, 16-bit and 32-bit integer samples keep their
-     high byte (value >> 8);
+     kept as stored; premultiplied RGBa and La are unpremultiplied first, as Pillow converts RGBa),
+     CMYK uses Pillow's conversion, 16-bit and 32-bit integer samples keep their high byte
+     (value >> 8, clipped to 0..255), 32-bit float samples are clipped to 0..255 (NaN is 0);
   3. center crop: the largest centered square, scaled by `crop_fraction` (1.0 keeps the whole
      shorter side, the framing a camera preview shows; 0.875 is the Inception-style eval crop);
      side = round(min(w, h) * crop_fraction), left = (w - side) // 2, top = (h - side) // 2;
@@ -30,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import PipelineInputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -81,28 +84,66 @@ class Preprocessing:
         }
 
 
+class ImageDecodeError(PipelineInputError, ValueError):
+    """An image file Pillow cannot turn into pixels: the file's fault (not an image, truncated,
+    corrupt, too large to decode safely). `reason` says which, as `load_images` lists it.
+
+    A ValueError too, so that callers which skip bad images by catching ValueError keep doing so."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"cannot preprocess {path}: {reason}: pass a JPEG, PNG, BMP or WebP image")
+        self.path, self.reason = str(path), reason
+
+
 def _to_rgb(image):
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Pillow's own I;16 → RGB conversion clips at 255 instead of scaling; keep the high byte.
-        samples = np.asarray(image, dtype=np.uint32) >> 8
+        # int64, so that a negative 32-bit sample shifts to a negative value (clipped to 0) rather
+        # than wrapping round to a large one.
+        samples = np.asarray(image).astype(np.int64) >> 8
         image = Image.fromarray(np.clip(samples, 0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+        # NaN has no pixel value (casting it is undefined and warns): 0, like Pillow's F → L.
+        samples = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255, neginf=0)
+        image = Image.fromarray(np.clip(samples, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "La":
+        image = image.convert("LA")  # Pillow converts La to nothing but LA
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image
 
 
+def _check_pixel_count(image):
+    """Refuses an image over Pillow's decompression-bomb limit before decoding it.
+
+    Image.open only *warns* (DecompressionBombWarning) between 1x and 2x the limit, and decodes
+    whatever it was told; the pixels are checked here so a 20,000² header is "too large" whatever the
+    warnings filter, instead of gigabytes allocated on the pool's threads."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        raise Image.DecompressionBombError(
+            f"{image.width}×{image.height} = {image.width * image.height:,} pixels, over Pillow's "
+            f"limit of {limit:,}")
+
+
 def load_rgb(path):
     """Decodes one image file into an 8-bit RGB Pillow image, EXIF orientation applied.
 
-    Raises OSError / UnidentifiedImageError for files that are not images or are truncated; the
-    caller decides whether to skip them.
+    Raises ImageDecodeError (a PipelineInputError) for a file that is not a decodable image: not an
+    image, truncated, corrupt, too large. The environment's errors (missing file, no permission, a
+    folder) stay OSError: the caller decides whether they end the run.
     """
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+    try:
+        with Image.open(path) as image:
+            _check_pixel_count(image)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except Exception as error:  # noqa: BLE001 — Pillow's decoders raise many classes on bad data
+        reason = image_error(error)
+        if reason is None:
+            raise
+        raise ImageDecodeError(path, reason) from None
 
 
 def pixels(image, spec, box=None, mirror=False):
@@ -147,10 +188,16 @@ def image_error(error):
     is the environment's (permissions, a dangling link) rather than the file's.
 
     Pillow raises many classes for bad data (UnidentifiedImageError, SyntaxError, ValueError,
-    DecompressionBombError for a 30,000² PNG, struct.error, EOFError…); all are the file's fault."""
-    if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError)):
+    DecompressionBombError for a 30,000² PNG, struct.error, EOFError…); all are the file's fault.
+    An OSError that names a file comes from the operating system (no such file, no permission, a
+    folder, a symlink loop): the environment's."""
+    if isinstance(error, OSError) and (
+            isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError))
+            or error.filename is not None):
         return None
-    if isinstance(error, Image.DecompressionBombError):
+    if isinstance(error, ImageDecodeError):
+        return error.reason
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"too large to decode safely ({error})"
     if isinstance(error, (UnidentifiedImageError, SyntaxError, ValueError)):
         return f"not a decodable image ({error})"
@@ -162,17 +209,15 @@ def image_error(error):
 def _try_preprocess(path, spec, box=None, mirror=False):
     try:
         return preprocess(path, spec, box, mirror), None
-    except Exception as error:  # noqa: BLE001 — classified by image_error; the rest re-raised
-        reason = image_error(error)
-        if reason is None:
-            raise
-        return None, reason
+    except ImageDecodeError as error:
+        return None, error.reason
 
 
 def load_images(paths, spec, progress=None, workers=None):
     """Preprocesses many files on a thread pool (Pillow decodes without holding the GIL).
 
-    Undecodable files are skipped and listed in `skipped`; unreadable ones raise OSError.
+    Undecodable files are skipped and listed in `skipped` with the reason; unreadable ones (missing,
+    no permission, a folder) raise OSError.
     """
     workers = workers or min(8, os.cpu_count() or 1)
     arrays, good, skipped = [], [], []
@@ -200,8 +245,6 @@ def define_flags():
 
 def spec_from_flags(flag_values, resolution):
     """The Preprocessing of a model of `resolution` with --crop-fraction, checked."""
-    from pipeline.errors import PipelineInputError
-
     crop = flag_values["crop-fraction"].value
     if not 0 < crop <= 1:  # also refuses NaN
         raise PipelineInputError(f"--crop-fraction {crop} must be in (0, 1], e.g. 1.0 or 0.875")
@@ -214,17 +257,14 @@ def main(argv):
 
     from absl import flags
 
-    from pipeline.errors import PipelineInputError
-
     spec = spec_from_flags(flags.FLAGS, flags.FLAGS["resolution"].value)
     if len(argv) < 2:
         raise PipelineInputError("give images: python -m pipeline.preprocess IMAGE [IMAGE ...]")
     for path in argv[1:]:
         try:
-            x = preprocess(path, spec)
-        except Exception as error:  # noqa: BLE001
-            reason = image_error(error) or getattr(error, "strerror", None) or str(error)
-            raise PipelineInputError(f"cannot preprocess {path}: {reason}") from None
+            x = preprocess(path, spec)  # an undecodable file raises ImageDecodeError, typed
+        except OSError as error:  # the environment's: no such file, no permission, a folder
+            raise PipelineInputError(f"cannot preprocess {path}: {error.strerror or error}") from None
         digest = hashlib.sha256(x.tobytes()).hexdigest()[:16]
         print(f"{path}: {x.shape} {x.dtype} min {x.min():.4f} max {x.max():.4f} sha256 {digest}")
 
@@ -234,4 +274,4 @@ if __name__ == "__main__":
 
     define("integer", "resolution", 224, "Model input resolution.")
     define_flags()
-    run(main)
+    run(main, positional=True)

@@ -827,8 +827,6 @@ def main(argv):
 
     from absl import flags
 
-    if len(argv) > 1:
-        raise PipelineInputError(f"unexpected argument {argv[1]!r}: all inputs are --flags (see --help)")
     cfg = config_from_flags(flags.FLAGS)
     artifacts.check_writable(cfg.output)
     result = train(cfg)

@@ -32,6 +32,19 @@ def test_atomic_write_replaces_all_files_and_leaves_no_staging(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_written_files_and_folders_get_the_usual_permissions(tmp_path):
+    # Staging is private (mkdtemp, mkstemp); what lands must not be.
+    os.umask(0o022)
+    artifacts.write_files_atomically(tmp_path / "out", {"a.txt": "one"})
+    artifacts.write_files_atomically(tmp_path / "model.tflite", {"": b"m"})
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model.tflite").stat().st_mode & 0o777 == 0o644
+    os.chmod(tmp_path / "model.tflite", 0o640)
+    artifacts.write_files_atomically(tmp_path / "model.tflite", {"": b"m2"})
+    assert (tmp_path / "model.tflite").stat().st_mode & 0o777 == 0o640
+
+
 def test_other_entries_of_the_folder_are_kept(tmp_path):
     out = tmp_path / "out"
     artifacts.write_files_atomically(out, {"a.txt": "one", "sub/x.txt": "x1"})
@@ -141,6 +154,19 @@ def test_sigkill_at_any_step_leaves_one_whole_set_and_the_next_write_cleans_up(t
     # The next write into OUT removes what the killed writer left (no live process holds it).
     artifacts.write_files_atomically(out, {"file0.txt": "third"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_killed_single_file_write_is_cleaned_up_by_the_next(tmp_path):
+    target = tmp_path / "baseline.json"
+    artifacts.write_files_atomically(target, {"": "old"})
+    script = ("import os, signal, sys; from pipeline import artifacts; "
+              "artifacts.os.replace = lambda a, b: os.kill(os.getpid(), signal.SIGKILL); "
+              "artifacts.write_files_atomically(sys.argv[1], {'': 'new'})")
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], cwd=REPO, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 2
+    artifacts.write_files_atomically(target, {"": "third"})
+    assert target.read_text() == "third" and [p.name for p in tmp_path.iterdir()] == ["baseline.json"]
 
 
 def test_a_live_writers_staging_folder_is_not_removed(tmp_path):

@@ -349,3 +349,13 @@ def test_sigkill_and_concurrent_exports_leave_one_whole_set(small_export, calibr
     assert [run.returncode for run in runs] == [0, 0], errors
     assert _consistent_set(out)["model"]["quantize"] in ("int8", "dynamic")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_full_temporary_disk_is_one_line_not_a_converter_traceback(tmp_path):
+    # The converter's SavedModel goes to TMPDIR; TensorFlow says nothing of the disk when it fills.
+    from tests.test_artifacts import small_tmpfs
+
+    with small_tmpfs(tmp_path / "tmp", size="256k") as tmp:
+        out = tmp_path / "model.tflite"
+        result = run_cli("convert", *SMALL, "--quantize", "none", "--out", out, env={"TMPDIR": str(tmp)})
+        _assert_bad_input(result, "ran out of temporary space", str(tmp), "TMPDIR", out=out)

@@ -1,4 +1,8 @@
-"""The bytes of a `.tflite` file, checked before native code reads them.
+"""Readers of the files a user hands the pipeline: labels, JSON configs, `.tflite` flatbuffers.
+
+Each turns untrusted bytes into values or refuses them with one `PipelineInputError` that names the
+file, says what is wrong and what to do; nothing else escapes them, whatever the bytes (the
+property tests in tests/test_properties.py feed them arbitrary and damaged files).
 
 A `.tflite` is a flatbuffer, and flatbuffers are read in place, without bounds checks: what native
 code does with a damaged one is undefined. LiteRT verifies a model before it builds an interpreter,
@@ -10,17 +14,21 @@ but two readers the pipeline uses do not:
   end of the buffer, and walks vectors of any length, so a damaged file gives nonsense or takes
   minutes instead of an error.
 
-So every reader here checks first and refuses with a `PipelineInputError` naming the file:
-`parse_model` parses the model with the schema's Python object API under a bound on its size and
-checks what the interpreter will index (buffers, tensors, op codes); `check_flatbuffer` verifies a
-flatbuffer against its `.fbs` schema the way flatbuffers' C++ Verifier does (every offset, vtable,
+So `parse_model` parses a model with the schema's Python object API under a bound on its size and
+checks what the interpreter will index (buffers, tensors, op codes), and `check_flatbuffer` verifies
+a flatbuffer against its `.fbs` schema the way flatbuffers' C++ Verifier does (every offset, vtable,
 string and vector inside the buffer), driven by the same schema file `GenText` is given.
 """
 
+import json
+import math
 import re
 import struct
+import unicodedata
 
 from pipeline.errors import PipelineInputError
+
+UTF8_BOM = "\ufeff"
 
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 # A flatbuffer's tables, strings and vectors take at least 4 bytes each, so a file of n bytes holds
@@ -32,6 +40,8 @@ MAX_TENSOR_BYTES = 1 << 32
 _ELEMENT_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1,
                   "INT16": 2, "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16,
                   "UINT64": 8, "UINT32": 4, "UINT16": 2, "BFLOAT16": 2}
+# Sub-byte types: constant data is packed by newer converters and one a byte by older ones, so only
+# the packed size bounds the tensor.
 _PACKED_BITS = {"INT4": 4, "UINT4": 4, "INT2": 2}
 # What the Python flatbuffer API raises on a damaged buffer: out-of-range reads (struct.error,
 # IndexError, numpy's ValueError), a missing vector iterated (TypeError), a bad union member.
@@ -39,23 +49,124 @@ _PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, KeyError, Attr
                  OverflowError, RecursionError, UnicodeDecodeError)
 
 
+# --- labels.txt --------------------------------------------------------------------------------
+
+
+def _odd_character(label):
+    """The first character of `label` another labels reader would split or hide: line and paragraph
+    separators (Python's splitlines breaks at them, Java's readLine at a lone CR) and control
+    characters other than a tab."""
+    for character in label:
+        if character != "\t" and unicodedata.category(character) in ("Cc", "Zl", "Zp"):
+            return character
+    return None
+
+
+def parse_labels(data, where, expected=None):
+    """The labels in the bytes (or text) of a labels file: one label a line, in output order.
+
+    A UTF-8 byte-order mark, CRLF line ends, spaces around a label and blank lines at the end are
+    fine. A blank line between labels, a repeated label, a control character, bytes that are not
+    UTF-8 and (with `expected`) another count than the model's outputs are refused, naming the line:
+    each shifts every label after it onto the wrong class without an error anywhere else.
+    """
+    if isinstance(data, str):
+        text = data
+    else:
+        data = bytes(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[:error.start].count(b"\n") + 1
+            raise PipelineInputError(f"{where}, line {line}: not UTF-8 text (byte {error.start}: "
+                                     f"{error.reason}): save the labels as UTF-8") from None
+    lines = text.removeprefix(UTF8_BOM).split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels, first_seen = [], {}
+    for number, line in enumerate(lines, 1):
+        label = line.strip()  # also the CR of a CRLF line end
+        if not label:
+            raise PipelineInputError(f"{where}, line {number}: blank line between labels: remove it "
+                                     "(one label a line, in output order)")
+        odd = _odd_character(label)
+        if odd is not None:
+            raise PipelineInputError(f"{where}, line {number}: label {label!r} contains "
+                                     f"U+{ord(odd):04X} ({unicodedata.name(odd, 'a control character')}): "
+                                     "labels are plain text, one a line")
+        if label in first_seen:
+            raise PipelineInputError(f"{where}, line {number}: label {label!r} repeats line "
+                                     f"{first_seen[label]}: labels must be unique")
+        first_seen[label] = number
+        labels.append(label)
+    if expected is not None and len(labels) != expected:
+        last = f" (the last on line {len(lines)})" if labels else ""
+        raise PipelineInputError(f"{where} has {len(labels)} labels but the model has {expected} "
+                                 f"outputs{last}: give one label a line, in output order")
+    if not labels:
+        raise PipelineInputError(f"{where} holds no labels: give one label a line, in output order")
+    return labels
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def _not_json(literal):
+    # Python's json takes NaN and Infinity, which are not JSON and compare false with every bound.
+    raise ValueError(f"{literal} is not a JSON number")
+
+
+def _finite(text):
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text} is out of a float's range")
+    return value
+
+
+def parse_json(data, where, fix):
+    """The JSON value in the bytes (or text) of a file: strict JSON (no NaN / Infinity, no number
+    beyond a float's range), a UTF-8 byte-order mark allowed; anything else is refused with `fix`."""
+    if not isinstance(data, str):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise PipelineInputError(f"{where} is not UTF-8 text (byte {error.start}: "
+                                     f"{error.reason}): {fix}") from None
+    try:
+        return json.loads(data.removeprefix(UTF8_BOM), parse_constant=_not_json, parse_float=_finite)
+    except ValueError as error:
+        raise PipelineInputError(f"{where} is not valid JSON ({error}): {fix}") from None
+    except RecursionError:
+        raise PipelineInputError(f"{where} nests too deeply to be a config: {fix}") from None
+
+
+# --- .tflite -------------------------------------------------------------------------------
+
+
 def _refuse(where, reason):
-    return PipelineInputError(f"{where} is not a valid TFLite model ({reason}): pass a .tflite "
+    return PipelineInputError(f"{where} does not load as a TFLite model ({reason}): pass a .tflite "
                               "written by the converter (python -m pipeline.export)")
 
 
-def _counted_elements(root):
-    """How many tables and vector entries the object API will build, read from the vector lengths
-    alone, so the bound is checked before the (unbounded) full parse."""
+def _check_size(root, data, where):
+    """Bounds what the object API will build by what the bytes can hold, from the vector lengths
+    alone (a damaged length makes the full parse loop for minutes), and checks that the data of
+    buffers stored behind the flatbuffer (models over 2 GB) lies inside the file."""
+    limit = len(data) // BYTES_PER_ELEMENT
     count = (root.SubgraphsLength() + root.BuffersLength() + root.OperatorCodesLength()
              + root.MetadataLength() + root.SignatureDefsLength() + root.MetadataBufferLength())
-    for i in range(root.SubgraphsLength()):
-        graph = root.Subgraphs(i)
-        if graph is None:
-            continue
-        count += (graph.TensorsLength() + graph.OperatorsLength() + graph.InputsLength()
-                  + graph.OutputsLength())
-    return count
+    if count <= limit:  # only then are the subgraphs few enough to walk
+        for i in range(root.SubgraphsLength()):
+            graph = root.Subgraphs(i)
+            count += (graph.TensorsLength() + graph.OperatorsLength() + graph.InputsLength()
+                      + graph.OutputsLength())
+    if count > limit:
+        raise _refuse(where, f"it claims {count:,} tables and entries in {len(data):,} bytes")
+    for i in range(root.BuffersLength()):
+        buffer = root.Buffers(i)
+        if buffer.Offset() > 1 and buffer.Offset() + buffer.Size() > len(data):
+            raise _refuse(where, f"buffer {i} lies at bytes {buffer.Offset()}.."
+                                 f"{buffer.Offset() + buffer.Size()} of a {len(data):,}-byte file")
 
 
 def parse_model(data, where="the model"):
@@ -70,35 +181,31 @@ def parse_model(data, where="the model"):
                                  "pass a .tflite file written by the converter")
     try:
         root = schema.Model.GetRootAs(data, 0)
-        elements = _counted_elements(root)
-        if elements > len(data) // BYTES_PER_ELEMENT:
-            raise _refuse(where, f"it claims {elements:,} tables and entries in {len(data):,} bytes")
+        # Checked before LiteRT sees the model: ai-edge-litert 2.3 segfaults building an
+        # interpreter for a (verified) model whose subgraphs field is absent.
+        for field, absent in (("subgraphs", root.SubgraphsIsNone()), ("buffers", root.BuffersIsNone())):
+            if absent or not getattr(root, field.capitalize() + "Length")():
+                raise _refuse(where, f"it has no {field}")
+        _check_size(root, data, where)
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
     except _PARSE_ERRORS as error:
         raise _refuse(where, f"the flatbuffer does not parse: {type(error).__name__}: "
                              f"{' '.join(str(error).split())[:120]}") from None
-    _check_indices(model, data, where, schema)
+    _check_indices(model, where, schema)
     return model
 
 
-def _check_indices(model, data, where, schema):
+def _check_indices(model, where, schema):
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    buffers = model.buffers or []
+    buffers = model.buffers
     codes = model.operatorCodes or []
-    if not model.subgraphs:
-        raise _refuse(where, "it has no subgraph")
-    for buffer in buffers:
-        # Models over 2 GB keep buffer data behind the flatbuffer, at (offset, size).
-        if buffer.offset > 1 and buffer.offset + buffer.size > len(data):
-            raise _refuse(where, f"a buffer lies at bytes {buffer.offset}..{buffer.offset + buffer.size}"
-                                 f" of a {len(data):,}-byte file")
     for g, graph in enumerate(model.subgraphs):
         tensors = graph.tensors or []
         for t, tensor in enumerate(tensors):
             name = f"tensor {t} of subgraph {g}"
             if tensor.type not in type_names:
                 raise _refuse(where, f"{name} has unknown type {tensor.type}")
-            if not 0 <= tensor.buffer < max(len(buffers), 1):
+            if not 0 <= tensor.buffer < len(buffers):
                 raise _refuse(where, f"{name} refers to buffer {tensor.buffer} of {len(buffers)}")
             shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
             if any(d < 0 for d in shape):
@@ -117,8 +224,8 @@ def _check_indices(model, data, where, schema):
                 size = None  # strings, resources, variants: sized by their contents
             if size is not None and size > MAX_TENSOR_BYTES:
                 raise _refuse(where, f"{name} of shape {shape} would take {size:,} bytes")
-            constant = buffers[tensor.buffer].data if tensor.buffer < len(buffers) else None
-            if (size is not None and constant is not None and len(constant)
+            constant = buffers[tensor.buffer].data
+            if (kind in _ELEMENT_BYTES and constant is not None and len(constant)
                     and tensor.sparsity is None and len(constant) != size):
                 raise _refuse(where, f"{name} ({kind} {shape}) holds {len(constant):,} bytes of "
                                      f"data instead of {size:,}")
