@@ -300,16 +300,29 @@ def test_disk_full_while_writing_artifacts_leaves_the_previous_set(small_export,
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "out"]
 
 
-# Runs the real export, and SIGKILLs it the moment the new set has been swapped in (before the old
-# set is removed): the worst instant to die.
-_KILLED_AFTER_SWAP = """
+# Runs the real export and SIGKILLs it at a chosen instant of writing its artifacts: halfway through
+# staging them (three files written, fsynced), or the moment the new set has been swapped in
+# before the old one is removed, the worst instant to die. Chosen, not timed: a sleep after the
+# "report…" line once let a fast machine finish the whole commit before the signal came.
+_KILLED_EXPORT = """
 import os, runpy, signal, sys
 from pipeline import artifacts
-swap = artifacts.exchange
-def swap_then_die(a, b):
-    swap(a, b)
-    os.kill(os.getpid(), signal.SIGKILL)
-artifacts.exchange = swap_then_die
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+when = sys.argv.pop(1)
+if when == "staging":
+    write, written = artifacts._write_file, []
+    def write_then_die(path, content):
+        write(path, content)
+        written.append(path)
+        if len(written) == 3:
+            die()
+    artifacts._write_file = write_then_die
+else:
+    swap = artifacts.exchange
+    def swap_then_die(a, b):
+        swap(a, b)
+        die()
+    artifacts.exchange = swap_then_die
 sys.argv = ["pipeline/export.py"] + sys.argv[1:]
 runpy.run_module("pipeline.export", run_name="__main__")
 """
@@ -322,21 +335,14 @@ def test_sigkill_and_concurrent_exports_leave_one_whole_set(small_export, calibr
     before = _digest(out)
     args = [*SMALL, "--calibration", str(calibration_folder[0]), "--calibration-samples", "20",
             "--output", str(out)]
-    # 1. SIGKILL at a moment inside the report stage (rendering, staging, writing).
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.export", *args, "--quantize", "float16"],
-                               cwd=REPO, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in process.stderr:
-        if "report…" in line:
-            time.sleep(0.3)
-            process.kill()
-            break
-    process.wait(timeout=120)
-    assert process.returncode == -signal.SIGKILL
+    # 1. SIGKILL halfway through staging the new artifacts: OUT is untouched.
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, "staging", *args, "--quantize",
+                             "float16"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert _digest(out) == before
     # 2. SIGKILL right after the swap: the new set is whole, the old one is left beside it, hidden.
-    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_SWAP, *args, "--quantize", "float16"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, "swap", *args, "--quantize",
+                             "float16"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert _consistent_set(out)["model"]["quantize"] == "float16"
     assert any(".partial-" in p.name for p in tmp_path.iterdir())
