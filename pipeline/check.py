@@ -38,8 +38,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from pipeline.errors import ParityError, PipelineInputError
-from pipeline.readers import parse_json
 from pipeline.artifacts import check_writable, check_writable_file, write_files_atomically
+from pipeline.readers import parse_json
 from pipeline.report import machine_line
 
 BASELINE_FORMAT = 2

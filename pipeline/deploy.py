@@ -98,13 +98,6 @@ def read_config(data, where):
     return config
 
 
-def read_labels(data, where):
-    """labels.txt (bytes or text) → one label a line, in output order: the one labels reader,
-    pipeline.readers.parse_labels (a byte-order mark and CRLF are fine; blank or repeated lines,
-    control characters and bytes that are not UTF-8 are refused, naming the line)."""
-    return parse_labels(data, where)
-
-
 def classifier_problem(inputs, outputs):
     """Why a model with these inputs and outputs ({"shape": [...], "dtype": "uint8"} each) is not
     the image classifier the app, predict and verify feed, or None: one [1, r, r, 3] RGB image in
@@ -143,7 +136,7 @@ def check_files(files, artifact_dir):
                                      f"and the app use {name}; re-export the model")
     input_spec = config["input"]
     labels_where = artifact_dir / "labels.txt"
-    labels = read_labels(files["labels.txt"], labels_where)
+    labels = parse_labels(files["labels.txt"], labels_where)
     _, _, module = load_runtime()
     where = artifact_dir / "model.tflite"
     parse_model(files["model.tflite"], str(where))  # before LiteRT, which can crash on damage

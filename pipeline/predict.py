@@ -76,8 +76,9 @@ def _read(path, what):
 def load_classifier(path):
     """A Classifier from an export folder (config + labels) or from a `.tflite` file alone."""
     from pipeline import convert
-    from pipeline.deploy import classifier_problem, read_config, read_labels
+    from pipeline.deploy import classifier_problem, read_config
     from pipeline.inspect import contract, read_model
+    from pipeline.readers import parse_labels
 
     path = Path(path)
     if path.is_dir():
@@ -89,7 +90,7 @@ def load_classifier(path):
         model_path = path / config["model_file"]
         model = read_model(model_path)
         labels_path = path / config["labels_file"]
-        labels = read_labels(_read(labels_path, "labels file"), labels_path)
+        labels = parse_labels(_read(labels_path, "labels file"), labels_path)
         spec = _spec_from_config(config, config_path)
         source = f"{config_path.name} and {labels_path.name}"
     else:

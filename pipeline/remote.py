@@ -315,7 +315,6 @@ def cross_arch_parity(target, model_path, paths, spec, max_lsb=None):
 
 def cross_arch_main(flag_values, path):
     """`pipeline.verify --tflite M --target ssh://…`: cross_arch_parity, printed."""
-    import json
     import sys
 
     from pipeline import calibrate
@@ -325,7 +324,7 @@ def cross_arch_main(flag_values, path):
     if not directory:
         raise PipelineInputError("--eval DIR is required: images to run on both machines")
     target = parse_target(flag_values["target"].value, flag_values["ssh-option"].value,
-                                 flag_values["remote-python"].value)
+                          flag_values["remote-python"].value)
     if not isinstance(target, SshTarget):
         raise PipelineInputError("cross-architecture parity runs over ssh:// targets")
     folder = calibrate.scan_images(directory)

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline import build, check, deploy, inspect, predict
+from pipeline import build, check, deploy, inspect, predict, readers
 from pipeline.errors import PipelineInputError
 from pipeline.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, Preprocessing, load_images, preprocess
 
@@ -289,10 +289,10 @@ def expected_labels(data):
 
 
 def read_both(path, data, expected):
-    """build.read_labels and deploy.read_labels (the app's contract) on the same bytes: they share
-    one reader, so they must agree exactly, in result or in refusal."""
+    """build.read_labels (a file) and readers.parse_labels (the bytes deploy and predict read) on the
+    same labels: one reader, so they must agree exactly, in result or in refusal."""
     outcomes = []
-    for read in (lambda: build.read_labels(path, expected), lambda: deploy.read_labels(data, path)):
+    for read in (lambda: build.read_labels(path, expected), lambda: readers.parse_labels(data, path)):
         try:
             outcomes.append(("ok", read()))
         except PipelineInputError as error:
@@ -320,7 +320,7 @@ def test_labels_from_arbitrary_bytes_are_the_labels_or_a_typed_error(scratch, da
         assert labels == expected_labels(data)
         assert expected is None or len(labels) == expected
         assert labels and all(labels) and len(set(labels)) == len(labels)
-    if expected is None:  # deploy's reader takes no count
+    if expected is None:  # deploy and predict pass no count
         both = read_both(path, data, None)
         assert both[0][0] == both[1][0] == ("refused" if refused else "ok")
         assert both[0][1] == both[1][1] or refused
@@ -333,7 +333,7 @@ def test_well_formed_labels_files_read_back_exactly(scratch, labels, bom, crlf, 
     text = (BOM if bom else "") + ("\r\n" if crlf else "\n").join(labels) + trailing
     path = _write(scratch, "good_labels.txt", text.encode("utf-8"))
     assert build.read_labels(path, len(labels)) == labels
-    assert deploy.read_labels(text.encode("utf-8"), path) == labels
+    assert readers.parse_labels(text.encode("utf-8"), path) == labels
 
 
 @props(200)
