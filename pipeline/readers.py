@@ -203,6 +203,12 @@ def _check_indices(model, where, schema):
         tensors = graph.tensors or []
         for t, tensor in enumerate(tensors):
             name = f"tensor {t} of subgraph {g}"
+            try:
+                # LiteRT hands tensor names to Python as str: one that is not UTF-8 raises
+                # UnicodeDecodeError from get_input_details() / get_output_details().
+                bytes(tensor.name or b"").decode("utf-8")
+            except UnicodeDecodeError:
+                raise _refuse(where, f"{name} has a name that is not UTF-8 text") from None
             if tensor.type not in type_names:
                 raise _refuse(where, f"{name} has unknown type {tensor.type}")
             if not 0 <= tensor.buffer < len(buffers):

@@ -545,6 +545,24 @@ def test_model_config_readers_take_a_config_or_refuse_it_in_one_typed_error(expo
 # --- .tflite flatbuffers ----------------------------------------------------------------------
 
 
+def test_a_tensor_name_that_is_not_utf8_is_refused_before_litert(tiny_models, tmp_path):
+    # Found by the damaged-model property: LiteRT decodes tensor names as UTF-8 in
+    # get_output_details() and raised UnicodeDecodeError from inspect.contract.
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from pipeline.readers import parse_model
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tiny_models[0]))
+    graph = model.subgraphs[0]
+    graph.tensors[graph.outputs[0]].name = b"scores\xc3\x28"
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    path = _write(tmp_path, "bad_name.tflite", data)
+    for read in (lambda: parse_model(data, str(path)), lambda: inspect.read_model(path),
+                 lambda: inspect.contract(data, where=str(path))):
+        with pytest.raises(PipelineInputError, match="not UTF-8"):
+            read()
+
+
 @props(300)
 @given(data=st.binary(max_size=600) | st.binary(max_size=600).map(lambda b: b[:4].ljust(4, b"\0") + b"TFL3" + b[4:]))
 @example(data=b"")
