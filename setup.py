@@ -24,5 +24,5 @@ setup(
         # TFLite Metadata writers and reader, and the ImageClassifier the models are checked with.
         "mediapipe>=1.2,<1.3",
     ],
-    extras_require={"test": ["pytest>=8,<10", "hypothesis>=6.100,<7"]},
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7"]},
 )

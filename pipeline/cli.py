@@ -40,17 +40,39 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _import_tensorflow_quietly():
-    # TensorFlow's native start-up (CUDA probing, absl C++ logging) writes to fd 2 regardless of
-    # TF_CPP_MIN_LOG_LEVEL; importing it once here, with fd 2 silenced, keeps bad-input runs to one
-    # line. Stages import it lazily after this, from the module cache.
-    from pipeline.device_runner import quiet_native_stderr
+class _QuietTensorFlowImport:
+    """Imports TensorFlow with fd 2 silenced, whenever something first imports it.
 
-    try:
-        with quiet_native_stderr():
-            import tensorflow  # noqa: F401
-    except ImportError:
-        pass  # the device runner and benchmark work with ai-edge-litert alone
+    TensorFlow's native start-up (CUDA probing, absl C++ logging) writes to fd 2 regardless of
+    TF_CPP_MIN_LOG_LEVEL. Importing it up front, silenced, cost every command ~5 CPU-seconds even
+    when it ends on bad input at once or needs only LiteRT; this finder silences the import where
+    it happens instead (Keras' import of it included)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            from pipeline.device_runner import quiet_native_stderr
+
+            with quiet_native_stderr():
+                load(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _import_tensorflow_quietly():
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def _interrupted():

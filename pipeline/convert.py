@@ -163,7 +163,7 @@ def check_config(cfg):
 
 
 def _dtype_name(code):
-    from tensorflow.lite.python import schema_py_generated as schema
+    from ai_edge_litert import schema_py_generated as schema  # TensorFlow's schema, without TF
 
     return {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}[code].lower()
 
@@ -173,7 +173,7 @@ def read_ops(model_bytes, where="the model"):
 
     The bytes are checked by pipeline.readers.parse_model: a damaged file is a PipelineInputError
     naming `where`, not garbage read through out-of-range offsets."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    from ai_edge_litert import schema_py_generated as schema  # TensorFlow's schema, without TF
 
     from pipeline.readers import parse_model
 
@@ -306,24 +306,114 @@ def temporary_space():
             "free): free some space or point TMPDIR at a roomier disk") from None
 
 
-def calibrate_model(built, calibration_arrays, per_channel=True, head="probabilities"):
-    """The float model annotated with calibrated ranges (TFLite's calibrate-only step), its input
-    range set to what the preprocessing produces (`fix_input_range`).
+def float_tflite(built, head="probabilities", store=None):
+    """The float32 `.tflite` of `built` with `head`, from the cache when it was made before.
 
-    Quantizing it (`quantize_calibrated`) takes ~0.2 s, so many selective-quantization variants
-    can be tried from one calibration.
-    """
+    Keyed by the Keras graph (its JSON: layers, names, shapes) and weights, the head and the
+    TensorFlow version: the converter is deterministic for those (tests/test_convert.py). The last
+    few are also kept in memory for callers that convert one model to many modes in one process."""
+    import tensorflow as tf
+
+    from pipeline.cache import Cache, key
+
+    store = store or Cache(None)
+    from pipeline.build import weights_sha256
+
+    # The weights as they are now (not the file they came from): ~30 ms at 224.
+    entry = key("float-tflite", built.keras_model.to_json(), weights_sha256(built.keras_model), head,
+                getattr(built, "output_kind", None), tf.__version__)
+    model = store.get("float-tflite", entry, lambda: _FLOAT_MEMO.get(entry) or _convert_float(built, head),
+                      f"float .tflite ({head})")
+    # Kept in memory too (the last few): callers of convert() in one process (the gate's variants,
+    # tests) convert one model to many modes.
+    _FLOAT_MEMO[entry] = model
+    while len(_FLOAT_MEMO) > 4:
+        del _FLOAT_MEMO[next(iter(_FLOAT_MEMO))]
+    return model
+
+
+_FLOAT_MEMO = {}
+
+
+def _convert_float(built, head):
     import tensorflow as tf
 
     from pipeline.device_runner import quiet_native_stderr
 
-    converter = calibrating_converter(built, calibration_arrays, per_channel, head)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.experimental_mlir_quantizer = True
-    converter._experimental_calibrate_only = True
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model_for(built, head))
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), temporary_space():
-        return fix_input_range(converter.convert())
+        return converter.convert()
+
+
+def calibrate_model(built, calibration_arrays, per_channel=True, head="probabilities", store=None,
+                    float_model=None):
+    """The float model annotated with calibrated ranges, its input range set to what the
+    preprocessing produces (`fix_input_range`); from the cache when this float model was calibrated
+    on these exact arrays before.
+
+    This is TFLite's calibrate-only step run on the float `.tflite` the export converts anyway
+    (`float_model`, made when not given): the converter's `_experimental_calibrate_only` converts
+    the Keras model a second time (≈9 s at 224) and then calibrates that same float graph with the
+    same `Calibrator`; its result differs only in the conversion metadata, which records the
+    full-integer optimization (`mark_full_integer`). Byte-identical to the converter's, checked by
+    tests/test_convert.py. Min/max are the extremes over all images, so the result does not depend
+    on how images are grouped; `per_channel` does not change it (it matters at quantization).
+
+    Quantizing it (`quantize_calibrated`) takes ~0.2 s, so many selective-quantization variants
+    can be tried from one calibration.
+    """
+    import numpy as np
+
+    from pipeline.cache import Cache, key, sha256
+
+    del per_channel  # recorded in the signature for callers; calibration does not depend on it
+    store = store or Cache(None)
+    if float_model is None:
+        float_model = float_tflite(built, head, store)
+    arrays = np.ascontiguousarray(calibration_arrays, np.float32)
+    entry = key("calibrated", sha256(float_model), sha256(arrays.data), arrays.shape,
+                _tf_version())
+    return store.get("calibrated", entry, lambda: _calibrate(float_model, arrays),
+                     f"calibrated ranges ({len(arrays)} images)")
+
+
+def _tf_version():
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def _calibrate(float_model, arrays):
+    from tensorflow.lite.python.optimize import calibrator
+
+    from pipeline.device_runner import quiet_native_stderr
+
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), temporary_space():
+        annotated = calibrator.Calibrator(calibrator.add_intermediate_tensors(float_model))
+        calibrated = annotated.calibrate(lambda: ([a[None]] for a in arrays))
+    return fix_input_range(mark_full_integer(calibrated))
+
+
+def mark_full_integer(model_bytes):
+    """Records post-training full-integer quantization in the model's CONVERSION_METADATA, as the
+    converter does when it calibrates (the float conversion records no optimization)."""
+    from tensorflow.lite.python import conversion_metadata_schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    import flatbuffers
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    for entry in model.metadata or []:
+        if entry.name != b"CONVERSION_METADATA":
+            continue
+        buffer = model.buffers[entry.buffer]
+        metadata = schema.ConversionMetadataT.InitFromObj(
+            schema.ConversionMetadata.GetRootAs(bytes(buffer.data), 0))
+        metadata.options.modelOptimizationModes = [schema.ModelOptimizationMode.PTQ_FULL_INTEGER]
+        builder = flatbuffers.Builder(0)
+        builder.Finish(metadata.Pack(builder))
+        buffer.data = list(builder.Output())
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def fix_input_range(calibrated):
@@ -347,7 +437,13 @@ def fix_input_range(calibrated):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def clip_ranges(calibrated, calibration_arrays, percentile, images=150, samples=4000, seed=0):
+# How clip_ranges samples activations: `images` calibration images, `samples` values per tensor
+# per image, drawn with `seed`.
+CLIP_SAMPLING = {"images": 150, "samples": 4000, "seed": 0}
+
+
+def clip_ranges(calibrated, calibration_arrays, percentile, images=CLIP_SAMPLING["images"],
+                samples=CLIP_SAMPLING["samples"], seed=CLIP_SAMPLING["seed"]):
     """Replaces each activation's calibrated min/max with the given percentiles of its values.
 
     Min/max lets one extreme pixel set a tensor's range: MobileNetV2's ReLU6 outputs calibrate to
@@ -400,12 +496,22 @@ def clip_ranges(calibrated, calibration_arrays, percentile, images=150, samples=
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def calibrated_for(built, calibration_arrays, cfg):
-    """The calibrated model `cfg` asks for: min/max, or percentile-clipped ranges."""
-    calibrated = calibrate_model(built, calibration_arrays, cfg.per_channel, cfg.head)
-    if cfg.ranges == "percentile":
-        calibrated = clip_ranges(calibrated, calibration_arrays, cfg.percentile)
-    return calibrated
+def calibrated_for(built, calibration_arrays, cfg, store=None, float_model=None):
+    """The calibrated model `cfg` asks for: min/max, or percentile-clipped ranges (both cached)."""
+    import numpy as np
+
+    from pipeline.cache import Cache, key, sha256
+
+    store = store or Cache(None)
+    calibrated = calibrate_model(built, calibration_arrays, cfg.per_channel, cfg.head, store,
+                                 float_model)
+    if cfg.ranges != "percentile":
+        return calibrated
+    arrays = np.ascontiguousarray(calibration_arrays, np.float32)
+    entry = key("percentile", sha256(calibrated), sha256(arrays.data), arrays.shape, cfg.percentile,
+                CLIP_SAMPLING)
+    return store.get("calibrated", entry, lambda: clip_ranges(calibrated, arrays, cfg.percentile),
+                     f"percentile {cfg.percentile} ranges")
 
 
 def quantize_calibrated(calibrated, cfg):
@@ -471,7 +577,7 @@ def is_latency_reference(cfg):
     return dataclasses.replace(cfg, io=cfg.io_type()) == dataclasses.replace(REFERENCE_CONFIG, io="uint8")
 
 
-def latency_reference(built, calibration_arrays, cfg, calibrated=None):
+def latency_reference(built, calibration_arrays, cfg, calibrated=None, store=None):
     """(kind, model bytes or None): the model an export's latency is divided by.
 
     The reference is the plain full-int8 model of the same network (per-channel, min/max, uint8
@@ -489,7 +595,7 @@ def latency_reference(built, calibration_arrays, cfg, calibrated=None):
             raise PipelineInputError("the int8 latency reference needs calibration images: pass "
                                      "--calibration DIR")
         calibrated = calibrate_model(built, calibration_arrays[:REFERENCE_CALIBRATION_IMAGES],
-                                     head=REFERENCE_CONFIG.head)
+                                     head=REFERENCE_CONFIG.head, store=store)
     return "int8", quantize_calibrated(calibrated, REFERENCE_CONFIG)
 
 
@@ -579,26 +685,30 @@ def litert_quantize(float_tflite, calibration_arrays, cfg):
     return bytes(result.quantized_model)
 
 
-def convert(built, calibration_arrays, cfg, float_tflite=None):
+def convert(built, calibration_arrays, cfg, float_model=None, store=None):
     """Converts a BuiltModel. `calibration_arrays` (float32 NHWC) is used by int8 and int16x8.
 
-    The litert-quantizer backend starts from the float .tflite (`float_tflite`, made if absent)."""
+    int8 (the converter's) and the litert-quantizer backend start from the float .tflite
+    (`float_model`, made or taken from `store` if absent)."""
     import tensorflow as tf
 
     check_config(cfg)
+    if cfg.quantize == "none":
+        return _converted(float_model or float_tflite(built, cfg.head, store), cfg)
     if cfg.backend == "litert-quantizer":
         if calibration_arrays is None or len(calibration_arrays) == 0:
             raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
-        if float_tflite is None:
-            float_tflite = convert(built, None, ConvertConfig("none", head=cfg.head)).tflite
-        return _converted(litert_quantize(float_tflite, calibration_arrays, cfg), cfg)
+        if float_model is None:
+            float_model = float_tflite(built, cfg.head, store)
+        return _converted(litert_quantize(float_model, calibration_arrays, cfg), cfg)
     needs_calibration = cfg.quantize in ("int8", "int16x8")
     if needs_calibration and (calibration_arrays is None or len(calibration_arrays) == 0):
         raise PipelineInputError(f"--quantize {cfg.quantize} needs calibration images")
     if cfg.quantize == "int8":
         # Per-tensor weights (cfg.per_channel False) are kept as an option because they show why
         # MobileNetV2 needs per-channel: depthwise channel ranges differ 30x+.
-        return convert_calibrated(calibrated_for(built, calibration_arrays, cfg), cfg)
+        return convert_calibrated(calibrated_for(built, calibration_arrays, cfg, store, float_model),
+                                  cfg)
     if needs_calibration:
         # int16x8 keeps the logits head: its converter would quantize a softmax to int16 (small
         # probabilities round to 0) and cannot leave one op in float. The report and the clients
@@ -653,7 +763,7 @@ def _converted(model_bytes, cfg):
     )
 
 
-def quantize(built, calibration_arrays, cfg, float_model):
+def quantize(built, calibration_arrays, cfg, float_model, store=None):
     """The model `cfg` asks for, given the float conversion already made.
 
     Returns (ConvertedModel, the calibrated model it was quantized from, or None): for the
@@ -662,9 +772,10 @@ def quantize(built, calibration_arrays, cfg, float_model):
     if cfg.quantize == "none":
         return float_model, None
     if cfg.quantize == "int8" and cfg.backend == "tflite-converter":
-        calibrated = calibrated_for(built, calibration_arrays, cfg)
+        float_bytes = float_model.tflite if float_model.config.head == cfg.head else None
+        calibrated = calibrated_for(built, calibration_arrays, cfg, store, float_bytes)
         return convert_calibrated(calibrated, cfg), calibrated
-    return convert(built, calibration_arrays, cfg, float_model.tflite), None
+    return convert(built, calibration_arrays, cfg, float_model.tflite, store), None
 
 
 def define_flags():

@@ -13,8 +13,8 @@ import time
 
 from absl import flags
 
-from pipeline import (artifacts, benchmark, build, calibrate, clients, convert, metadata, preprocess,
-                      report, selective, train, verify)
+from pipeline import (artifacts, benchmark, build, cache, calibrate, clients, convert, metadata,
+                      preprocess, report, selective, train, verify)
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +29,7 @@ def _timed(timings, stage):
 
 def define_flags():
     build.define_flags()
+    cache.define_flags()
     calibrate.define_flags()
     convert.define_flags()
     verify.define_flags()
@@ -55,6 +56,7 @@ def export_from_flags(flag_values=FLAGS):
     convert.check_config(convert_cfg)
     thresholds = verify.config_from_flags(flag_values)
     keep_float = selective.config_from_flags(flag_values)
+    store = cache.from_flags(flag_values)
     with _timed(timings, "build"):
         built = build.build_model(build_cfg)
     info = metadata.info_from_flags(flag_values, built, convert_cfg)
@@ -68,36 +70,44 @@ def export_from_flags(flag_values=FLAGS):
     eval_set = verify.eval_set_from_flags(flag_values, built, calibration)
     with _timed(timings, "convert_float"):
         float_model = convert.convert(built, None, convert.ConvertConfig(quantize="none",
-                                                                         head=convert_cfg.head))
-    keep_float_report = None
-    with _timed(timings, "convert"):
-        if keep_float:
-            converted, keep_float_report, calibrated = selective.quantize_selectively(
-                built, calibration, spec, convert_cfg, float_model.tflite, keep_float,
-                progress=lambda line: print(line, file=sys.stderr, flush=True))
-        else:
-            converted, calibrated = convert.quantize(built, calibration.arrays, convert_cfg, float_model)
-    with _timed(timings, "metadata"):
-        converted = metadata.attach(converted, built, spec, info)
-    with _timed(timings, "verify"):
-        parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
-                               thresholds, threads=flag_values["threads"].value,
-                               progress=lambda _, total: _progress(total))
+                                                                         head=convert_cfg.head),
+                                      store=store)
+    # The float half of parity runs in worker processes while this one calibrates and quantizes,
+    # unless the keep-float search times latency meanwhile.
+    with verify.ParityWorkers(flag_values["threads"].value) as workers:
+        reference = verify.float_reference(built, float_model.tflite, eval_set, spec, workers, store,
+                                           start_now=not selective.times_latency(keep_float))
+        keep_float_report = None
+        with _timed(timings, "convert"):
+            if keep_float:
+                converted, keep_float_report, calibrated = selective.quantize_selectively(
+                    built, calibration, spec, convert_cfg, float_model.tflite, keep_float,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True), store=store)
+            else:
+                converted, calibrated = convert.quantize(built, calibration.arrays, convert_cfg,
+                                                         float_model, store)
+        with _timed(timings, "metadata"):
+            converted = metadata.attach(converted, built, spec, info)
+        with _timed(timings, "verify"):
+            parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
+                                   thresholds, progress=lambda _, total: _progress(total),
+                                   store=store, workers=workers, reference=reference)
     with _timed(timings, "clients"):
         client_rows = clients.check_clients(
             converted.tflite, eval_set.paths[:clients.SAMPLE_IMAGES], spec,
             config_files=report.artifact_files(built, converted, spec))
     with _timed(timings, "latency_reference"):
-        reference_kind, reference = convert.latency_reference(built, calibration.arrays, converted.config,
-                                                              calibrated)
+        reference_kind, latency_model = convert.latency_reference(
+            built, calibration.arrays, converted.config, calibrated, store)
     with _timed(timings, "benchmark"):
         bench = benchmark.quick_benchmark(
             converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value),
-            reference=reference, reference_kind=reference_kind)
+            reference=latency_model, reference_kind=reference_kind)
     with _timed(timings, "report"):
         written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
                                       parity, bench, spec, timings, report.command_line(),
-                                      keep_float=keep_float_report, clients=client_rows)
+                                      keep_float=keep_float_report, clients=client_rows,
+                                      cache=store.summary())
     return written, out_dir, parity
 
 

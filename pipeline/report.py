@@ -251,8 +251,24 @@ def render_markdown(report):
         "",
     ]
     lines += [f"- {stage}: {seconds:.1f}" for stage, seconds in report["timings_s"].items()]
+    lines += cache_lines(report.get("cache"))
     lines.append("")
     return "\n".join(lines)
+
+
+CACHE_STATES = {"hit": "from the cache", "made": "made and cached",
+                "rebuilt": "rebuilt (the cached entry was corrupt)"}
+
+
+def cache_lines(cache):
+    """The report's "what came from the cache" section."""
+    if not cache:
+        return []
+    if cache["dir"] is None and not cache["entries"]:
+        return ["", "## Cache", "", "- off (--no-cache): everything was computed in this run"]
+    lines = ["", "## Cache", "", f"- folder: {cache['dir']}"]
+    lines += [f"- {e['what']}: {CACHE_STATES[e['state']]}" for e in cache["entries"]]
+    return lines
 
 
 def render_parity_plot(parity, title):
@@ -304,7 +320,7 @@ def render_parity_plot(parity, title):
 
 
 def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
-                 timings, command, keep_float=None, clients=None):
+                 timings, command, keep_float=None, clients=None, cache=None):
     """Assembles and atomically writes all artifacts. Returns the report dict."""
     import hashlib
 
@@ -343,6 +359,7 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
         "weights": built.weights_source,
         "keep_float": keep_float,
         "clients": None if clients is None else {"checked": clients, "framing": framing(spec)},
+        "cache": cache,
     }
     files = {
         **artifact_files(built, converted, spec),

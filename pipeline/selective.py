@@ -57,8 +57,14 @@ def config_from_flags(flag_values):
     return KeepFloatConfig(names, flag_values["min-agreement"].value, ratio, groups)
 
 
+def times_latency(keep_float):
+    """Whether quantizing with `keep_float` measures latency (the auto search's budget): nothing
+    else may run beside it then."""
+    return bool(keep_float) and keep_float.auto
+
+
 def quantize_selectively(built, calibration, spec, cfg, float_tflite, keep_float,
-                         progress=print):
+                         progress=print, store=None):
     """int8 with `keep_float`'s layers in float.
 
     Returns (ConvertedModel, the report's keep_float section, the calibrated model it came from:
@@ -75,7 +81,7 @@ def quantize_selectively(built, calibration, spec, cfg, float_tflite, keep_float
             f"--keep-float auto measures sensitivity on calibration images not used to calibrate, and "
             f"{calibration.folder.root} has only {len(held_out)}: add images or lower "
             "--calibration-samples")
-    calibrated = convert.calibrated_for(built, calibration.arrays, cfg)
+    calibrated = convert.calibrated_for(built, calibration.arrays, cfg, store, float_tflite)
     if not keep_float.auto:
         keep = convert.resolve_keep_float(list(keep_float.layers), calibrated)
         converted = convert.convert_calibrated(calibrated, dataclasses.replace(cfg, keep_float=keep))

@@ -225,11 +225,15 @@ def per_class_metrics(reference, candidate, eval_set, built):
     return rows
 
 
-def keras_check(built, float_runner, images, output_kind="logits"):
+def keras_check(built, float_tflite, paths, spec):
     """Max |softmax(Keras) − softmax(float .tflite)| on a sample: the fast reference is faithful."""
-    sample = images[:KERAS_CHECK_IMAGES]
+    from pipeline.convert import output_kind
+    from pipeline.device_runner import Runner, load_runtime
+
+    sample = load_images(paths, spec).arrays
     keras_logits = built.keras_model.predict(sample, batch_size=len(sample), verbose=0)
-    tflite_logits = as_logits(float_runner(sample), output_kind)
+    runner = Runner(load_runtime()[2], model_content=float_tflite, threads=1)
+    tflite_logits = as_logits(runner(sample), output_kind(float_tflite))
     diff = np.abs(np.exp(log_softmax(keras_logits)) - np.exp(log_softmax(tflite_logits))).max()
     return {"images": int(len(sample)), "max_abs_prob_diff": float(diff),
             "tolerance": KERAS_CHECK_TOLERANCE}
@@ -256,48 +260,248 @@ def threshold_checks(metrics, keras, thresholds):
     return checks
 
 
-def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(), threads=None,
-           progress=None, chunk=256):
-    """Runs both models over `eval_set` and measures parity. Returns a ParityResult."""
-    from pipeline.convert import output_kind
+# Evaluation runs in worker processes, one interpreter thread each: two single-threaded
+# interpreters side by side beat one two-threaded one (measured on the 2-core VM at 224: float
+# 7.9 → 4.3 ms/img with 2 threads, int8 4.4 → 3.0), and the float half can start while the parent
+# calibrates. XNNPACK's outputs do not depend on its thread count or on which process runs them
+# (tests/test_verify.py checks against a 2-thread run). Small sets run in-process: starting a
+# worker costs more than it saves.
+CHUNK_IMAGES = 128
+MIN_IMAGES_FOR_WORKERS = 2 * CHUNK_IMAGES
+
+
+@dataclasses.dataclass
+class ModelOutputs:
+    """A model's outputs (as logits) on the decodable images of an evaluation set, in order."""
+    paths: list
+    logits: np.ndarray  # float64 (n, classes)
+    skipped: list  # [(path, reason)] of files that are not decodable images
+
+
+@dataclasses.dataclass
+class FloatReference:
+    """The float half of parity: the float model's outputs and the Keras check."""
+    outputs: ModelOutputs
+    keras_check: dict
+
+
+_RUNNERS = {}  # in a worker process: model file → Runner, kept between chunks
+
+
+def _runner(model_path):
     from pipeline.device_runner import Runner, load_runtime
 
-    threads = threads or os.cpu_count() or 1
-    _, _, module = load_runtime()
-    float_runner = Runner(module, model_content=float_tflite, threads=threads)
-    test_runner = Runner(module, model_content=tflite, threads=threads)
-    float_kind, test_kind = output_kind(float_tflite), output_kind(tflite)
-    reference, candidate, labels, kept, skipped = [], [], [], [], []
-    keras = None
-    label_of = dict(zip(eval_set.paths, eval_set.labels)) if eval_set.labels is not None else None
-    bar = progress(None, total=len(eval_set.paths)) if progress else None
-    for start in range(0, len(eval_set.paths), chunk):
-        batch = eval_set.paths[start : start + chunk]
+    if model_path not in _RUNNERS:
+        with open(model_path, "rb") as f:
+            _RUNNERS[model_path] = Runner(load_runtime()[2], model_content=f.read(), threads=1)
+    return _RUNNERS[model_path]
+
+
+def _warm_up():
+    from pipeline.device_runner import load_runtime
+
+    load_runtime()
+
+
+def _outputs_on(model_path, output_kind, paths, spec, runner=None):
+    """One chunk: decode `paths`, run the model. An unreadable file comes back as its OSError's
+    (filename, strerror), to be raised in the parent as one line."""
+    try:
+        loaded = load_images(paths, spec, workers=1)
+    except OSError as error:
+        return None, (error.filename, error.strerror)
+    if not len(loaded.paths):
+        return ModelOutputs([], np.zeros((0, 0)), loaded.skipped), None
+    logits = as_logits((runner or _runner(model_path))(loaded.arrays), output_kind)
+    return ModelOutputs(list(loaded.paths), logits, loaded.skipped), None
+
+
+class ParityWorkers:
+    """Where evaluation chunks run: `workers` spawned processes, or this one (workers ≤ 1).
+
+    Models are handed over as files in a private temporary folder, once, not pickled per chunk."""
+
+    def __init__(self, workers=None):
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = None
+        self._folder = None
+        self._files = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+    def _model_file(self, model_bytes):
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha256(model_bytes).hexdigest()
+        if digest not in self._files:
+            if self._folder is None:
+                self._folder = tempfile.TemporaryDirectory(prefix="parity-")
+            path = os.path.join(self._folder.name, digest + ".tflite")
+            with open(path, "wb") as f:
+                f.write(model_bytes)
+            self._files[digest] = path
+        return self._files[digest]
+
+    def start(self, images):
+        """Starts the worker processes (they import the runtime meanwhile) if `images` are worth
+        them; returns whether they run."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self.workers <= 1 or images < MIN_IMAGES_FOR_WORKERS:
+            return False
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(self.workers):
+                self._pool.submit(_warm_up)
+        return True
+
+    def submit(self, model_bytes, paths, spec, progress=None):
+        """Starts running the model on `paths`; returns a function that waits for the outputs."""
+        from pipeline.convert import output_kind
+
+        from pipeline.device_runner import Runner, load_runtime
+
+        kind = output_kind(model_bytes)
+        chunks = [paths[i : i + CHUNK_IMAGES] for i in range(0, len(paths), CHUNK_IMAGES)]
+        in_process = not self.start(len(paths))
+        if in_process:
+            runner = Runner(load_runtime()[2], model_content=model_bytes, threads=1)
+            jobs = chunks  # run as they are collected, in order
+        else:
+            model_path = self._model_file(model_bytes)
+            jobs = [self._pool.submit(_outputs_on, model_path, kind, chunk, spec) for chunk in chunks]
+
+        def collect():
+            parts = []
+            for job in jobs:
+                result, error = (_outputs_on(None, kind, job, spec, runner) if in_process
+                                 else job.result())
+                if error is not None:
+                    filename, strerror = error
+                    raise PipelineInputError(f"cannot read {filename}: {strerror}; fix its "
+                                             "permissions or remove it")
+                parts.append(result)
+                if progress is not None:
+                    progress(len(result.paths) + len(result.skipped))
+            kept = [p for part in parts for p in part.paths]
+            logits = [part.logits for part in parts if len(part.paths)]
+            return ModelOutputs(kept, np.concatenate(logits) if logits else np.zeros((0, 0)),
+                                [s for part in parts for s in part.skipped])
+
+        return collect
+
+
+def float_reference(built, float_tflite, eval_set, spec, workers, store=None, progress=None,
+                    start_now=True):
+    """Starts the float half of parity (or finds it in `store`); returns a function that waits for
+    the FloatReference (and starts it then, with `start_now` False). Keyed by the float model, the
+    images (content hash, looked up by name, size and mtime), the preprocessing and the runtime."""
+    from pipeline.cache import Cache, decode_arrays, encode_arrays, files_digest, key, sha256
+    from pipeline.device_runner import load_runtime
+
+    store = store or Cache(None)
+    runtime = load_runtime()[:2]
+    entry = key("float-reference", sha256(float_tflite), built.weights_sha256,
+                [os.path.basename(p) for p in eval_set.paths],
+                files_digest(store, eval_set.paths, calibrate.files_sha256), spec.to_config(), runtime)
+    what = f"float reference on {len(eval_set.paths)} images"
+    payload = store.read("float-reference", entry)
+    if payload is not None:
         try:
-            loaded = load_images(batch, spec)
-        except OSError as error:
-            raise PipelineInputError(
-                f"cannot read {error.filename}: {error.strerror}; fix its permissions or remove it"
-            ) from None
-        skipped += loaded.skipped
-        if len(loaded.paths) == 0:
-            continue
-        if keras is None:
-            keras = keras_check(built, float_runner, loaded.arrays, float_kind)
-        reference.append(as_logits(float_runner(loaded.arrays), float_kind))
-        candidate.append(as_logits(test_runner(loaded.arrays), test_kind))
-        kept += loaded.paths
-        if label_of is not None:
-            labels += [label_of[p] for p in loaded.paths]
+            reference = _decode_reference(payload, decode_arrays)
+        except (KeyError, ValueError, TypeError) as error:
+            store.warn(f"cache: float-reference entry {entry[:12]} does not decode "
+                       f"({type(error).__name__}); rebuilding it")
+        else:
+            store.events.append(("float-reference", "hit", what))
+            workers.start(len(eval_set.paths))  # ready for the candidate's half
+            if progress is not None:
+                progress(len(eval_set.paths))
+            return lambda: reference
+    started = [workers.submit(float_tflite, eval_set.paths, spec, progress)] if start_now else []
+
+    def finish():
+        collect = started[0] if started else workers.submit(float_tflite, eval_set.paths, spec, progress)
+        outputs = collect()
+        if not outputs.paths:
+            raise PipelineInputError(f"none of the evaluation images could be decoded ({eval_set.source})")
+        keras = keras_check(built, float_tflite, outputs.paths[:KERAS_CHECK_IMAGES], spec)
+        reference = FloatReference(outputs, keras)
+        store.get("float-reference", entry, lambda: reference, what,
+                  encode=lambda r: _encode_reference(r, encode_arrays))
+        return reference
+
+    return finish
+
+
+def _encode_reference(reference, encode_arrays):
+    import json
+
+    outputs = reference.outputs
+    meta = {"paths": [str(p) for p in outputs.paths], "skipped": outputs.skipped,
+            "keras_check": reference.keras_check}
+    return encode_arrays(logits=outputs.logits, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+
+def _decode_reference(payload, decode_arrays):
+    import json
+
+    arrays = decode_arrays(payload)
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    outputs = ModelOutputs(meta["paths"], arrays["logits"], [tuple(s) for s in meta["skipped"]])
+    return FloatReference(outputs, meta["keras_check"])
+
+
+def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(), threads=None,
+           progress=None, store=None, workers=None, reference=None):
+    """Runs both models over `eval_set` and measures parity. Returns a ParityResult.
+
+    `reference` (from `float_reference`, already started) and `workers` let a caller overlap the
+    float half with other work; `store` caches the float half."""
+    from pipeline.cache import Cache, files_digest
+
+    own_workers = workers is None
+    workers = workers or ParityWorkers(threads)
+    total = 2 * len(eval_set.paths)
+    bar = progress(None, total=total) if progress else None
+    tick = bar.update if bar is not None else None
+    try:
+        started_outside = reference is not None
+        if not started_outside:
+            reference = float_reference(built, float_tflite, eval_set, spec, workers, store, tick)
+        reference = reference()
+        if started_outside and tick is not None:
+            tick(len(eval_set.paths))  # the float half, done while the caller did other work
+        # The candidate runs on the images the reference decoded; the rest are skipped already.
+        collect = workers.submit(tflite, reference.outputs.paths, spec, tick)
+        candidate = collect()
+    finally:
         if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    if not kept:
-        raise PipelineInputError(f"none of the evaluation images could be decoded ({eval_set.source})")
-    reference, candidate = np.concatenate(reference), np.concatenate(candidate)
-    kept_set = EvalSet(kept, labels if label_of is not None else None, eval_set.source)
-    metrics = compare_outputs(reference, candidate, kept_set.labels)
+            bar.close()
+        if own_workers:
+            workers.close()
+    kept, skipped = reference.outputs.paths, reference.outputs.skipped
+    label_of = dict(zip(map(str, eval_set.paths), eval_set.labels)) if eval_set.labels is not None else None
+    labels = [label_of[str(p)] for p in kept] if label_of is not None else None
+    kept_set = EvalSet(kept, labels, eval_set.source)
+    ref_logits, cand_logits = reference.outputs.logits, candidate.logits
+    metrics = compare_outputs(ref_logits, cand_logits, labels)
+    keras = reference.keras_check
     return ParityResult(
         images=len(kept),
         source=eval_set.source,
@@ -307,11 +511,11 @@ def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(),
         kl_mean=metrics["kl_mean"],
         snr_db=metrics["snr_db"],
         dominant_share=metrics["dominant_share"],
-        per_class=per_class_metrics(reference, candidate, kept_set, built),
+        per_class=per_class_metrics(ref_logits, cand_logits, kept_set, built),
         keras_check=keras,
-        skipped=skipped,
+        skipped=[tuple(s) for s in skipped],
         checks=threshold_checks(metrics, keras, thresholds),
-        images_sha256=calibrate.files_sha256(kept),
+        images_sha256=files_digest(store or Cache(None), kept, calibrate.files_sha256),
         kl_per_image=metrics["kl_per_image"],
     )
 

@@ -49,6 +49,22 @@ def _make_keras_home():
 KERAS_HOME = _make_keras_home()
 
 
+def _make_pipeline_cache():
+    # One pipeline cache for the session, shared by every export it runs (in-process and CLI, and
+    # every pytest-xdist worker: they inherit it from the controller, which made it and removes it):
+    # float conversions, calibrations and float references are made once, as on a user's machine
+    # that exported before. Tests of the cache itself use folders of their own (or --no-cache).
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("TFLITE_PIPELINE_CACHE"):
+        return Path(os.environ["TFLITE_PIPELINE_CACHE"])
+    cache = Path(tempfile.mkdtemp(prefix="pipeline_cache_"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["TFLITE_PIPELINE_CACHE"] = str(cache)
+    return cache
+
+
+PIPELINE_CACHE = _make_pipeline_cache()
+
+
 @pytest.fixture(scope="session")
 def keras_home():
     """KERAS_HOME holding the shared ImageNet weights (skips without them)."""
@@ -143,3 +159,13 @@ def imagenet_float_io_export(keras_home, tmp_path_factory):
     """The same with float32 input (what an app that normalizes itself ships), 400 val images."""
     return _imagenet_224_export(keras_home, tmp_path_factory, "imagenet_float_io", "--io", "float32",
                                 "--eval-samples", "400")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    # pytest.ini runs the suite on 2 pytest-xdist workers; benchmarks (-m bench) measure time and
+    # run alone, in one process.
+    markexpr = config.getoption("markexpr", "") or ""
+    if "bench" in markexpr and "not bench" not in markexpr and hasattr(config.option, "numprocesses"):
+        config.option.numprocesses = 0
+        config.option.dist = "no"

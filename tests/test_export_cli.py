@@ -118,8 +118,9 @@ def test_same_inputs_and_seed_give_identical_model_and_numbers(small_export, cal
                                                                tmp_path):
     out, _ = small_export
     again = tmp_path / "again"
+    # --no-cache: the work is redone, not read back from the session's cache.
     result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
-                     "--calibration-samples", "20", "--output", again)
+                     "--calibration-samples", "20", "--output", again, "--no-cache")
     assert result.returncode == 0, result.stderr
     assert (again / "model.tflite").read_bytes() == (out / "model.tflite").read_bytes()
     first, second = (json.loads((d / "report.json").read_text()) for d in (out, again))
@@ -195,12 +196,20 @@ def _bad_cases(tmp_path, calibration_folder):
 
 
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(tmp_path, calibration_folder):
-    for name, (args, words) in _bad_cases(tmp_path, calibration_folder).items():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run_case(item):
+        name, (args, words) = item
         out = tmp_path / f"out_{name.replace(' ', '_')}"
         if "--output" not in args:
             args = args + ["--output", str(out)]
         flags = ["--alpha", "0.35", "--resolution", "96"] if "--weights" in args else SMALL
-        result = run_cli("export", *flags, *args)
+        return run_cli("export", *flags, *args), words, out
+
+    # Two cases at a time: each is one mostly single-threaded process, the CI machine has 2 cores.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run_case, _bad_cases(tmp_path, calibration_folder).items()))
+    for result, words, out in results:
         _assert_bad_input(result, *words, out=out)
 
 

@@ -1,0 +1,208 @@
+"""Work done once: a content-addressed cache of what an export would otherwise redo.
+
+An entry's key is the sha256 of everything its content depends on (a model's weights and graph,
+the images' bytes, the settings, the library versions), so a changed input is a new key and an
+entry is never stale, only unused. What is kept (issue 13):
+
+- `float-tflite`: the float conversion of a Keras model (≈9 s at 224);
+- `calibrated`: a float `.tflite` annotated with calibrated activation ranges, min/max or
+  percentile-clipped (≈13 s for 300 images at 224);
+- `float-reference`: the float model's outputs on an evaluation set, with the Keras check (the float
+  half of parity, ≈30 CPU-s on 3,925 images at 224);
+- `digests`: image folders' content hashes, looked up by names, sizes and modification times, so
+  unchanged folders are not read again.
+
+An entry is one file: the sha256 of its payload on the first line, then the payload. A truncated
+or edited entry fails that check and is rebuilt, with one line on stderr that says so; it is never
+trusted. Entries are written atomically (temp file + rename), so a killed run leaves no partial
+entry, and concurrent runs that make the same entry write the same bytes.
+
+Where: `--cache-dir`, else `$TFLITE_PIPELINE_CACHE`, else `$XDG_CACHE_HOME/tflite-pipeline`
+(`~/.cache/tflite-pipeline`), like Keras' own cache under `~/.keras`. `--no-cache` turns it off.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import PipelineInputError
+
+# Bumped when an entry's format or the work behind a kind changes: old entries are then unused.
+FORMAT = 1
+
+
+def default_dir():
+    if os.environ.get("TFLITE_PIPELINE_CACHE"):
+        return Path(os.environ["TFLITE_PIPELINE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tflite-pipeline"
+
+
+def key(*parts):
+    """sha256 of the parts as canonical JSON: equal parts, equal key."""
+    text = json.dumps([FORMAT, *parts], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass
+class Cache:
+    """A cache folder (None: disabled) and what this run took from it, made or rebuilt."""
+
+    root: Path = None
+    events: list = dataclasses.field(default_factory=list)  # [(kind, "hit" | "made" | "rebuilt", what)]
+    _rebuilt: set = dataclasses.field(default_factory=set)  # keys found corrupt this run
+
+    @staticmethod
+    def warn(line):
+        print(line, file=sys.stderr, flush=True)
+
+    @property
+    def enabled(self):
+        return self.root is not None
+
+    def _path(self, kind, entry_key):
+        return self.root / kind / entry_key[:2] / entry_key
+
+    def read(self, kind, entry_key):
+        """The payload stored under the key, or None (absent, disabled, or corrupt: then warned)."""
+        if not self.enabled:
+            return None
+        path = self._path(kind, entry_key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            self.warn(f"cache: cannot read {path} ({error.strerror}); rebuilding it")
+            self._rebuilt.add((kind, entry_key))
+            return None
+        digest, _, payload = data.partition(b"\n")
+        if digest.decode("ascii", "replace") != sha256(payload):
+            self.warn(f"cache: {kind} entry {path} is corrupt (its sha256 does not match: truncated "
+                      "or edited); rebuilding it")
+            self._rebuilt.add((kind, entry_key))
+            return None
+        return payload
+
+    def write(self, kind, entry_key, payload):
+        """Stores the payload (atomically); a cache that cannot be written is warned about, once,
+        and the run goes on without it: a cache is never a reason to fail an export."""
+        if not self.enabled:
+            return
+        path = self._path(kind, entry_key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(sha256(payload).encode() + b"\n")
+                    f.write(payload)
+                os.replace(temporary, path)
+            except BaseException:
+                with _ignored_os_errors():
+                    os.unlink(temporary)
+                raise
+        except OSError as error:
+            self.warn(f"cache: cannot write {self.root} ({error.strerror}); continuing without it")
+            self.root = None
+
+    def get(self, kind, entry_key, make, what, encode=lambda x: x, decode=lambda x: x):
+        """The cached value under the key, else `make()` stored and returned. `what` names the
+        entry for the report ("float .tflite", "float reference on 3925 images")."""
+        payload = self.read(kind, entry_key)
+        if payload is not None:
+            try:
+                value = decode(payload)
+            except Exception as error:  # a payload whose hash matches but does not decode: a bug
+                self.warn(f"cache: {kind} entry {self._path(kind, entry_key)} does not decode "
+                          f"({type(error).__name__}); rebuilding it")
+                self._rebuilt.add((kind, entry_key))
+            else:
+                self.events.append((kind, "hit", what))
+                return value
+        value = make()
+        self.write(kind, entry_key, encode(value))
+        if self.enabled or (kind, entry_key) in self._rebuilt:
+            state = "rebuilt" if (kind, entry_key) in self._rebuilt else "made"
+            self.events.append((kind, state, what))
+        return value
+
+    def summary(self):
+        """For the report: where, and what each cached piece of work was this run."""
+        return {
+            "dir": str(self.root) if self.root is not None else None,
+            "entries": [{"kind": k, "state": s, "what": w} for k, s, w in self.events],
+        }
+
+
+class _ignored_os_errors:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        return kind is not None and issubclass(kind, OSError)
+
+
+def encode_arrays(**arrays):
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # uncompressed: float logits barely compress, and this is faster
+    return buffer.getvalue()
+
+
+def decode_arrays(payload):
+    import numpy as np
+
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def files_digest(store, paths, digest_files):
+    """`digest_files(paths)` (a content hash of the files), looked up first by the files' names,
+    sizes and modification times: the contents are read only when one of those changed."""
+    if not store.enabled:
+        return digest_files(paths)
+    stats = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return digest_files(paths)  # let the content reader raise its own error
+        stats.append([os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino])
+    entry_key = key("digest", getattr(digest_files, "__qualname__", str(digest_files)), stats)
+    payload = store.read("digests", entry_key)
+    if payload is not None:
+        return payload.decode()
+    digest = digest_files(paths)
+    store.write("digests", entry_key, digest.encode())
+    return digest
+
+
+def define_flags():
+    from pipeline.cli import define
+
+    define("string", "cache-dir", None,
+           "Cache folder for work an export would redo: float conversion, calibration, the float "
+           "model's outputs on the eval set (default $TFLITE_PIPELINE_CACHE, else "
+           "~/.cache/tflite-pipeline).")
+    define("boolean", "no-cache", False, "Do everything again and store nothing in the cache.")
+
+
+def from_flags(flag_values):
+    if flag_values["no-cache"].value:
+        return Cache(None)
+    root = Path(flag_values["cache-dir"].value) if flag_values["cache-dir"].value else default_dir()
+    if root.exists() and not root.is_dir():
+        raise PipelineInputError(f"--cache-dir {root} is a file, not a folder: pass a folder path "
+                                 "or --no-cache")
+    return Cache(root)
