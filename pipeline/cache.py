@@ -21,6 +21,7 @@ Where: `--cache-dir`, else `$TFLITE_PIPELINE_CACHE`, else `$XDG_CACHE_HOME/tflit
 (`~/.cache/tflite-pipeline`), like Keras' own cache under `~/.keras`. `--no-cache` turns it off.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -59,7 +60,7 @@ class Cache:
 
     root: Path = None
     events: list = dataclasses.field(default_factory=list)  # [(kind, "hit" | "made" | "rebuilt", what)]
-    _rebuilt: set = dataclasses.field(default_factory=set)  # keys found corrupt this run
+    damaged: set = dataclasses.field(default_factory=set)  # (kind, key) found corrupt this run
 
     @staticmethod
     def warn(line):
@@ -83,13 +84,13 @@ class Cache:
             return None
         except OSError as error:
             self.warn(f"cache: cannot read {path} ({error.strerror}); rebuilding it")
-            self._rebuilt.add((kind, entry_key))
+            self.damaged.add((kind, entry_key))
             return None
         digest, _, payload = data.partition(b"\n")
         if digest.decode("ascii", "replace") != sha256(payload):
             self.warn(f"cache: {kind} entry {path} is corrupt (its sha256 does not match: truncated "
                       "or edited); rebuilding it")
-            self._rebuilt.add((kind, entry_key))
+            self.damaged.add((kind, entry_key))
             return None
         return payload
 
@@ -108,7 +109,7 @@ class Cache:
                     f.write(payload)
                 os.replace(temporary, path)
             except BaseException:
-                with _ignored_os_errors():
+                with contextlib.suppress(OSError):
                     os.unlink(temporary)
                 raise
         except OSError as error:
@@ -125,16 +126,20 @@ class Cache:
             except Exception as error:  # a payload whose hash matches but does not decode: a bug
                 self.warn(f"cache: {kind} entry {self._path(kind, entry_key)} does not decode "
                           f"({type(error).__name__}); rebuilding it")
-                self._rebuilt.add((kind, entry_key))
+                self.damaged.add((kind, entry_key))
             else:
                 self.events.append((kind, "hit", what))
                 return value
         value = make()
-        self.write(kind, entry_key, encode(value))
-        if self.enabled or (kind, entry_key) in self._rebuilt:
-            state = "rebuilt" if (kind, entry_key) in self._rebuilt else "made"
-            self.events.append((kind, state, what))
+        self.put(kind, entry_key, encode(value), what)
         return value
+
+    def put(self, kind, entry_key, payload, what):
+        """Stores work just done, recorded as made (or rebuilt, if its entry was found damaged)."""
+        self.write(kind, entry_key, payload)
+        if self.enabled or (kind, entry_key) in self.damaged:
+            state = "rebuilt" if (kind, entry_key) in self.damaged else "made"
+            self.events.append((kind, state, what))
 
     def summary(self):
         """For the report: where, and what each cached piece of work was this run."""
@@ -142,14 +147,6 @@ class Cache:
             "dir": str(self.root) if self.root is not None else None,
             "entries": [{"kind": k, "state": s, "what": w} for k, s, w in self.events],
         }
-
-
-class _ignored_os_errors:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        return kind is not None and issubclass(kind, OSError)
 
 
 def encode_arrays(**arrays):

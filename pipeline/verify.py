@@ -427,6 +427,7 @@ def float_reference(built, float_tflite, eval_set, spec, workers, store=None, pr
         except (KeyError, ValueError, TypeError) as error:
             store.warn(f"cache: float-reference entry {entry[:12]} does not decode "
                        f"({type(error).__name__}); rebuilding it")
+            store.damaged.add(("float-reference", entry))
         else:
             store.events.append(("float-reference", "hit", what))
             workers.start(len(eval_set.paths))  # ready for the candidate's half
@@ -442,8 +443,7 @@ def float_reference(built, float_tflite, eval_set, spec, workers, store=None, pr
             raise PipelineInputError(f"none of the evaluation images could be decoded ({eval_set.source})")
         keras = keras_check(built, float_tflite, outputs.paths[:KERAS_CHECK_IMAGES], spec)
         reference = FloatReference(outputs, keras)
-        store.get("float-reference", entry, lambda: reference, what,
-                  encode=lambda r: _encode_reference(r, encode_arrays))
+        store.put("float-reference", entry, _encode_reference(reference, encode_arrays), what)
         return reference
 
     return finish

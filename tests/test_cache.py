@@ -179,6 +179,7 @@ def test_cached_and_uncached_exports_are_identical_and_a_damaged_entry_is_rebuil
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("cache:")]
     assert len(lines) == 2 and all("corrupt" in line for line in lines), lines
+    assert sorted(line.split()[1] for line in lines) == ["float-reference", "float-tflite"], lines
     repaired = json.loads((tmp_path / "repaired" / "report.json").read_text())
     assert (tmp_path / "repaired" / "model.tflite").read_bytes() == models["uncached"]
     assert _numbers(repaired) == _numbers(runs["uncached"][1])
