@@ -116,22 +116,29 @@ class Cache:
             self.warn(f"cache: cannot write {self.root} ({error.strerror}); continuing without it")
             self.root = None
 
+    def lookup(self, kind, entry_key, what, decode=lambda x: x):
+        """The decoded value under the key, recorded as a hit; None when absent, disabled, damaged
+        or undecodable (the last two warned about, and rebuilt by the caller's `put`)."""
+        payload = self.read(kind, entry_key)
+        if payload is None:
+            return None
+        try:
+            value = decode(payload)
+        except Exception as error:  # a payload whose hash matches but does not decode: a bug
+            self.warn(f"cache: {kind} entry {self._path(kind, entry_key)} does not decode "
+                      f"({type(error).__name__}); rebuilding it")
+            self.damaged.add((kind, entry_key))
+            return None
+        self.events.append((kind, "hit", what))
+        return value
+
     def get(self, kind, entry_key, make, what, encode=lambda x: x, decode=lambda x: x):
         """The cached value under the key, else `make()` stored and returned. `what` names the
         entry for the report ("float .tflite", "float reference on 3925 images")."""
-        payload = self.read(kind, entry_key)
-        if payload is not None:
-            try:
-                value = decode(payload)
-            except Exception as error:  # a payload whose hash matches but does not decode: a bug
-                self.warn(f"cache: {kind} entry {self._path(kind, entry_key)} does not decode "
-                          f"({type(error).__name__}); rebuilding it")
-                self.damaged.add((kind, entry_key))
-            else:
-                self.events.append((kind, "hit", what))
-                return value
-        value = make()
-        self.put(kind, entry_key, encode(value), what)
+        value = self.lookup(kind, entry_key, what, decode)
+        if value is None:
+            value = make()
+            self.put(kind, entry_key, encode(value), what)
         return value
 
     def put(self, kind, entry_key, payload, what):

@@ -314,11 +314,10 @@ def float_tflite(built, head="probabilities", store=None):
     few are also kept in memory for callers that convert one model to many modes in one process."""
     import tensorflow as tf
 
+    from pipeline.build import weights_sha256
     from pipeline.cache import Cache, key
 
     store = store or Cache(None)
-    from pipeline.build import weights_sha256
-
     # The weights as they are now (not the file they came from): ~30 ms at 224.
     entry = key("float-tflite", built.keras_model.to_json(), weights_sha256(built.keras_model), head,
                 getattr(built, "output_kind", None), tf.__version__)
@@ -356,13 +355,14 @@ def calibrate_model(built, calibration_arrays, per_channel=True, head="probabili
     the Keras model a second time (≈9 s at 224) and then calibrates that same float graph with the
     same `Calibrator`; its result differs only in the conversion metadata, which records the
     full-integer optimization (`mark_full_integer`). Byte-identical to the converter's, checked by
-    tests/test_convert.py. Min/max are the extremes over all images, so the result does not depend
+    tests/test_cache.py. Min/max are the extremes over all images, so the result does not depend
     on how images are grouped; `per_channel` does not change it (it matters at quantization).
 
     Quantizing it (`quantize_calibrated`) takes ~0.2 s, so many selective-quantization variants
     can be tried from one calibration.
     """
     import numpy as np
+    import tensorflow as tf
 
     from pipeline.cache import Cache, key, sha256
 
@@ -371,16 +371,9 @@ def calibrate_model(built, calibration_arrays, per_channel=True, head="probabili
     if float_model is None:
         float_model = float_tflite(built, head, store)
     arrays = np.ascontiguousarray(calibration_arrays, np.float32)
-    entry = key("calibrated", sha256(float_model), sha256(arrays.data), arrays.shape,
-                _tf_version())
+    entry = key("calibrated", sha256(float_model), sha256(arrays.data), arrays.shape, tf.__version__)
     return store.get("calibrated", entry, lambda: _calibrate(float_model, arrays),
                      f"calibrated ranges ({len(arrays)} images)")
-
-
-def _tf_version():
-    import tensorflow as tf
-
-    return tf.__version__
 
 
 def _calibrate(float_model, arrays):
@@ -391,18 +384,27 @@ def _calibrate(float_model, arrays):
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), temporary_space():
         annotated = calibrator.Calibrator(calibrator.add_intermediate_tensors(float_model))
         calibrated = annotated.calibrate(lambda: ([a[None]] for a in arrays))
-    return fix_input_range(mark_full_integer(calibrated))
+    # One read and one write of the flatbuffer for both edits (each is ~14 MB at 224).
+    return _edited(calibrated, mark_full_integer, _set_input_range)
 
 
-def mark_full_integer(model_bytes):
+def _edited(model_bytes, *edits):
+    """The model with each edit (a function of its schema object) applied, re-serialized."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    for edit in edits:
+        edit(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def mark_full_integer(model):
     """Records post-training full-integer quantization in the model's CONVERSION_METADATA, as the
     converter does when it calibrates (the float conversion records no optimization)."""
     from tensorflow.lite.python import conversion_metadata_schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
     import flatbuffers
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     for entry in model.metadata or []:
         if entry.name != b"CONVERSION_METADATA":
             continue
@@ -413,7 +415,6 @@ def mark_full_integer(model_bytes):
         builder = flatbuffers.Builder(0)
         builder.Finish(metadata.Pack(builder))
         buffer.data = list(builder.Output())
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def fix_input_range(calibrated):
@@ -423,18 +424,18 @@ def fix_input_range(calibrated):
     uint8 grid becomes scale 1/127.5, zero point 127, on which x = (p − 127)/127.5 is exactly p.
     Images without a 0 or a 255 (a dim calibration set) would otherwise give another grid, and
     raw bytes would no longer be the input the model was calibrated on."""
-    from tensorflow.lite.tools import flatbuffer_utils
+    return _edited(calibrated, _set_input_range)
 
+
+def _set_input_range(model):
     from pipeline.preprocess import Preprocessing
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     graph = model.subgraphs[0]
     low, high = Preprocessing().value_range()
     for index in graph.inputs:
         quantization = graph.tensors[index].quantization
         if quantization is not None and quantization.min is not None:
             quantization.min, quantization.max = [low], [high]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 # How clip_ranges samples activations: `images` calibration images, `samples` values per tensor

@@ -264,7 +264,7 @@ def threshold_checks(metrics, keras, thresholds):
 # interpreters side by side beat one two-threaded one (measured on the 2-core VM at 224: float
 # 7.9 → 4.3 ms/img with 2 threads, int8 4.4 → 3.0), and the float half can start while the parent
 # calibrates. XNNPACK's outputs do not depend on its thread count or on which process runs them
-# (tests/test_verify.py checks against a 2-thread run). Small sets run in-process: starting a
+# (tests/test_cache.py checks against a 2-thread run). Small sets run in-process: starting a
 # worker costs more than it saves.
 CHUNK_IMAGES = 128
 MIN_IMAGES_FOR_WORKERS = 2 * CHUNK_IMAGES
@@ -415,25 +415,19 @@ def float_reference(built, float_tflite, eval_set, spec, workers, store=None, pr
     from pipeline.device_runner import load_runtime
 
     store = store or Cache(None)
-    runtime = load_runtime()[:2]
+    # The key reads the images' digest: not worth it when nothing is cached.
     entry = key("float-reference", sha256(float_tflite), built.weights_sha256,
                 [os.path.basename(p) for p in eval_set.paths],
-                files_digest(store, eval_set.paths, calibrate.files_sha256), spec.to_config(), runtime)
+                files_digest(store, eval_set.paths, calibrate.files_sha256), spec.to_config(),
+                load_runtime()[:2]) if store.enabled else None
     what = f"float reference on {len(eval_set.paths)} images"
-    payload = store.read("float-reference", entry)
-    if payload is not None:
-        try:
-            reference = _decode_reference(payload, decode_arrays)
-        except (KeyError, ValueError, TypeError) as error:
-            store.warn(f"cache: float-reference entry {entry[:12]} does not decode "
-                       f"({type(error).__name__}); rebuilding it")
-            store.damaged.add(("float-reference", entry))
-        else:
-            store.events.append(("float-reference", "hit", what))
-            workers.start(len(eval_set.paths))  # ready for the candidate's half
-            if progress is not None:
-                progress(len(eval_set.paths))
-            return lambda: reference
+    reference = store.lookup("float-reference", entry, what,
+                             lambda payload: _decode_reference(payload, decode_arrays))
+    if reference is not None:
+        workers.start(len(eval_set.paths))  # ready for the candidate's half
+        if progress is not None:
+            progress(len(eval_set.paths))
+        return lambda: reference
     started = [workers.submit(float_tflite, eval_set.paths, spec, progress)] if start_now else []
 
     def finish():
