@@ -24,5 +24,9 @@ setup(
         # TFLite Metadata writers and reader, and the ImageClassifier the models are checked with.
         "mediapipe>=1.2,<1.3",
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7"]},
+    extras_require={
+        # pipeline.sweep runs its cells on Ray (a local one by default, or a cluster).
+        "sweep": ["ray>=2.50,<3"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7", "ray>=2.50,<3"],
+    },
 )

@@ -80,12 +80,13 @@ def _interrupted():
     sys.exit(130)
 
 
-def run(main, positional=False):
+def run(main, positional=False, flags_parser=None):
     """absl's app.run, with typed pipeline errors turned into one line and an exit code.
 
     `positional`: whether the command takes arguments besides its flags (files); a stray one
     is refused rather than ignored (`convert --quantize int8 model.tflite` wrote nothing, silently,
-    where `--out model.tflite` was meant)."""
+    where `--out model.tflite` was meant). `flags_parser`: instead of absl's own (pipeline.sweep
+    takes export flags as comma lists of values)."""
 
     def guarded(argv):
         if not positional and len(argv) > 1:
@@ -118,7 +119,7 @@ def run(main, positional=False):
                 raise
             _interrupted()
 
-    app.run(guarded, flags_parser=_parse_flags)
+    app.run(guarded, flags_parser=flags_parser or _parse_flags)
 
 
 def _parse_flags(argv):
