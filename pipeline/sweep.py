@@ -384,26 +384,24 @@ def time_models(models, threads, runs):
     from pipeline import benchmark
 
     with tempfile.TemporaryDirectory(prefix="sweep-latency-") as folder:
-        paths = []
-        for name, data in models.items():
-            paths.append(os.path.join(folder, name + ".tflite"))
-            Path(paths[-1]).write_bytes(data)
-        return benchmark.host_benchmark(paths, threads=threads, runs=runs)
+        return benchmark.host_benchmark(_model_files(folder, models), threads=threads, runs=runs)
+
+
+def _model_files(folder, models):
+    """Writes {name: bytes} as folder/<name>.tflite (the names the timings are reported under)."""
+    paths = [os.path.join(folder, name + ".tflite") for name in models]
+    for path, data in zip(paths, models.values()):
+        Path(path).write_bytes(data)
+    return paths
 
 
 def _device_latency(cfg, models):
     from pipeline import remote
 
     target = remote.parse_target(cfg.target, cfg.ssh_options, cfg.remote_python)
-    if isinstance(target, remote.AdbTarget):
-        raise PipelineInputError("pipeline.sweep --target adb is not supported: time the chosen "
-                                 "cells with pipeline.benchmark --target adb --benchmark-binary …")
     with tempfile.TemporaryDirectory(prefix="sweep-latency-") as folder:
-        paths = []
-        for name, data in models.items():
-            paths.append(os.path.join(folder, name + ".tflite"))
-            Path(paths[-1]).write_bytes(data)
-        return remote.remote_benchmark(target, paths, cfg.latency_threads, cfg.latency_runs)
+        return remote.remote_benchmark(target, _model_files(folder, models), cfg.latency_threads,
+                                       cfg.latency_runs)
 
 
 # --- The driver -----------------------------------------------------------------------------------
@@ -789,8 +787,12 @@ def config_from_flags(values, cells):
     if values["target"].value:
         from pipeline import remote
 
-        remote.parse_target(values["target"].value, values["ssh-option"].value,
-                            values["remote-python"].value)
+        target = remote.parse_target(values["target"].value, values["ssh-option"].value,
+                                     values["remote-python"].value)
+        # Refused before any cell runs, not after the exports.
+        if isinstance(target, remote.AdbTarget):
+            raise PipelineInputError("pipeline.sweep --target adb is not supported: time the chosen "
+                                     "cells with pipeline.benchmark --target adb --benchmark-binary …")
     return SweepConfig(output=output, workers=workers, cpus_per_cell=cpus,
                        ray_address=values["ray-address"].value, target=values["target"].value,
                        ssh_options=tuple(values["ssh-option"].value),

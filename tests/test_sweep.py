@@ -192,6 +192,7 @@ def test_bad_sweep_input_is_one_line_and_writes_nothing(images, tmp_path):
         (["--android-demo", "app"], "not a cell flag"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--latency-threads", "x"], "--latency-threads takes counts"),
+        (["--target", "adb:emulator-5554"], "--target adb is not supported"),
     ]
     for extra, expected in cases:
         done = run_cli("sweep", "--calibration", str(images), *extra, "--output", out)
