@@ -14,7 +14,7 @@ import time
 from absl import flags
 
 from pipeline import (artifacts, benchmark, build, cache, calibrate, clients, convert, metadata,
-                      preprocess, report, selective, train, verify)
+                      preprocess, qat, report, selective, train, verify)
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +36,7 @@ def define_flags():
     benchmark.define_flags()
     metadata.define_flags()
     preprocess.define_flags()
+    qat.define_flags()
     selective.define_flags()
     from pipeline.cli import define
 
@@ -56,6 +57,7 @@ def export_from_flags(flag_values=FLAGS):
     convert.check_config(convert_cfg)
     thresholds = verify.config_from_flags(flag_values)
     keep_float = selective.config_from_flags(flag_values)
+    qat_cfg = qat.config_from_flags(flag_values)
     store = cache.from_flags(flag_values)
     with _timed(timings, "build"):
         built = build.build_model(build_cfg)
@@ -77,20 +79,29 @@ def export_from_flags(flag_values=FLAGS):
     with verify.ParityWorkers(flag_values["threads"].value) as workers:
         reference = verify.float_reference(built, float_model.tflite, eval_set, spec, workers, store,
                                            start_now=not selective.times_latency(keep_float))
-        keep_float_report = None
+        keep_float_report = qat_report = None
+        # Parity is always against the float model as given; --qat quantizes fine-tuned weights.
+        quantized_from, quantized_float = built, float_model
+        if qat_cfg:
+            with _timed(timings, "qat"):
+                tuned = qat.fine_tune(built, calibration, spec, qat_cfg, convert_cfg,
+                                      progress=lambda total: _progress(total, "qat", "step"))
+                qat_report = tuned.to_json()
+                print(tuned.summary_line(), file=sys.stderr, flush=True)
+                quantized_from, quantized_float = tuned.built, tuned.float_model
         with _timed(timings, "convert"):
             if keep_float:
                 converted, keep_float_report, calibrated = selective.quantize_selectively(
                     built, calibration, spec, convert_cfg, float_model.tflite, keep_float,
                     progress=lambda line: print(line, file=sys.stderr, flush=True), store=store)
             else:
-                converted, calibrated = convert.quantize(built, calibration.arrays, convert_cfg,
-                                                         float_model, store)
+                converted, calibrated = convert.quantize(quantized_from, calibration.arrays,
+                                                         convert_cfg, quantized_float, store)
         with _timed(timings, "metadata"):
             converted = metadata.attach(converted, built, spec, info)
         with _timed(timings, "verify"):
             parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
-                                   thresholds, progress=lambda _, total: _progress(total),
+                                   thresholds, progress=lambda _, total: _progress(total, "parity", "img"),
                                    store=store, workers=workers, reference=reference)
     with _timed(timings, "clients"):
         client_rows = clients.check_clients(
@@ -98,7 +109,7 @@ def export_from_flags(flag_values=FLAGS):
             config_files=report.artifact_files(built, converted, spec))
     with _timed(timings, "latency_reference"):
         reference_kind, latency_model = convert.latency_reference(
-            built, calibration.arrays, converted.config, calibrated, store)
+            quantized_from, calibration.arrays, converted.config, calibrated, store)
     with _timed(timings, "benchmark"):
         bench = benchmark.quick_benchmark(
             converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value),
@@ -106,7 +117,8 @@ def export_from_flags(flag_values=FLAGS):
     with _timed(timings, "report"):
         written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
                                       parity, bench, spec, timings, report.command_line(),
-                                      keep_float=keep_float_report, clients=client_rows,
+                                      keep_float=keep_float_report, qat=qat_report,
+                                      clients=client_rows,
                                       cache=store.summary())
     return written, out_dir, parity
 
@@ -130,10 +142,10 @@ def main(argv):
         print(f"✓ copied into {assets}")
 
 
-def _progress(total):
+def _progress(total, desc, unit):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="parity", unit="img", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ def render_parity_plot(parity, title):
 
 
 def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
-                 timings, command, keep_float=None, clients=None, cache=None):
+                 timings, command, keep_float=None, qat=None, clients=None, cache=None):
     """Assembles and atomically writes all artifacts. Returns the report dict."""
     import hashlib
 
@@ -358,6 +358,7 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
         },
         "weights": built.weights_source,
         "keep_float": keep_float,
+        "qat": qat,
         "clients": None if clients is None else {"checked": clients, "framing": framing(spec)},
         "cache": cache,
     }

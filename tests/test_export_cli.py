@@ -188,6 +188,11 @@ def _bad_cases(tmp_path, calibration_folder):
         "missing eval folder": (cal + ["--eval", str(tmp_path / "noeval")], ["--eval", "is not a folder"]),
         "eval classes unknown": (cal + ["--eval", str(calibration_folder)], ["not model labels"]),
         "bad flag value": (cal + ["--calibration-samples", "many"], ["calibration-samples"]),
+        "qat with keep-float": (cal + ["--qat", "--keep-float", "block_1"], ["--qat and --keep-float"]),
+        "qat without int8": (cal + ["--qat", "--quantize", "float16"], ["--qat fine-tunes for int8"]),
+        "qat epochs 0": (cal + ["--qat", "--qat-epochs", "0"], ["--qat-epochs must be at least 1"]),
+        "qat without held-out images": (cal + ["--qat", "--calibration-samples", "20"],
+                                        ["--qat judges each epoch", "has only", "--calibration-samples"]),
         # Untrained weights leave a layer dead: its int16 scale is ~0 and LiteRT will not prepare it.
         "model the runtime refuses": (cal + ["--calibration-samples", "20", "--quantize", "int16x8"],
                                       ["--quantize int16x8 model does not load in LiteRT",
