@@ -84,8 +84,8 @@ def export_from_flags(flag_values=FLAGS):
         quantized_from, quantized_float = built, float_model
         if qat_cfg:
             with _timed(timings, "qat"):
-                tuned = qat.fine_tune(built, calibration, spec, qat_cfg, convert_cfg,
-                                      progress=lambda total: _progress(total, "qat", "step"))
+                tuned = qat.fine_tune(built, calibration, spec, qat_cfg, convert_cfg, float_model,
+                                      store, progress=lambda total: _progress(total, "qat", "step"))
                 qat_report = tuned.to_json()
                 print(tuned.summary_line(), file=sys.stderr, flush=True)
                 quantized_from, quantized_float = tuned.built, tuned.float_model
@@ -101,7 +101,8 @@ def export_from_flags(flag_values=FLAGS):
             converted = metadata.attach(converted, built, spec, info)
         with _timed(timings, "verify"):
             parity = verify.verify(built, float_model.tflite, converted.tflite, eval_set, spec,
-                                   thresholds, progress=lambda _, total: _progress(total, "parity", "img"),
+                                   thresholds,
+                                   progress=lambda _, total: _progress(total, "parity", "img"),
                                    store=store, workers=workers, reference=reference)
     with _timed(timings, "clients"):
         client_rows = clients.check_clients(

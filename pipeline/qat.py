@@ -62,6 +62,7 @@ class QatResult:
     held_out_images: int
     train_images: int
     seconds: float
+    min_z: float  # how many standard errors an epoch had to beat PTQ by
 
     @property
     def ptq(self):
@@ -75,7 +76,7 @@ class QatResult:
         ptq, best = self.ptq, self.best
         if not self.best_epoch:
             return (f"✗ qat: no epoch beat plain PTQ on {self.held_out_images} held-out images "
-                    f"(KL {ptq['held_out_kl']:.4f}) by {QatConfig.min_z:.0f} standard errors ({self.stopped}); "
+                    f"(KL {ptq['held_out_kl']:.4f}) by {self.min_z:g} standard errors ({self.stopped}); "
                     "quantizing the weights as given")
         return (f"✓ qat: held-out KL {ptq['held_out_kl']:.4f} → {best['held_out_kl']:.4f}, "
                 f"agreement {ptq['held_out_agreement']:.2%} → {best['held_out_agreement']:.2%} "
@@ -260,21 +261,15 @@ def set_activation_ranges(folded, activations, arrays, batch_size):
         activations[name].range.assign([min(low, 0.0), max(high, 0.0, low + 1e-6)])
 
 
-def _int8_parity(built, keras_model, calibration, convert_cfg, held_out, reference):
-    """(per-image held-out KL, top-1 agreement, the float ConvertedModel) of `keras_model`
-    converted exactly as the export will."""
+def _int8_parity(candidate, float_model, calibration, convert_cfg, held_out, reference,
+                 store=None):
+    """(per-image held-out KL, top-1 agreement) of `candidate` (a BuiltModel, with `float_model`
+    its float ConvertedModel) quantized exactly as the export will."""
     from pipeline import convert, verify
-    from pipeline.device_runner import Runner, load_runtime
 
-    candidate = dataclasses.replace(built, keras_model=keras_model)
-    float_model = convert.convert(candidate, None, convert.ConvertConfig(quantize="none",
-                                                                         head=convert_cfg.head))
-    converted, _ = convert.quantize(candidate, calibration.arrays, convert_cfg, float_model)
-    _, _, module = load_runtime()
-    outputs = Runner(module, model_content=converted.tflite, threads=2)(held_out)
-    metrics = verify.compare_outputs(
-        reference, verify.as_logits(outputs, convert.output_kind(converted.tflite)))
-    return metrics["kl_per_image"], metrics["agreement_top1"], float_model
+    converted, _ = convert.quantize(candidate, calibration.arrays, convert_cfg, float_model, store)
+    metrics = verify.compare_outputs(reference, verify.tflite_logits(converted.tflite, held_out))
+    return metrics["kl_per_image"], metrics["agreement_top1"]
 
 
 def paired_z(baseline, candidate):
@@ -286,16 +281,20 @@ def paired_z(baseline, candidate):
     return float(np.mean(gain) / spread) if spread > 0 else 0.0
 
 
-def fine_tune(built, calibration, spec, cfg, convert_cfg, progress=None):
+def fine_tune(built, calibration, spec, cfg, convert_cfg, float_model, store=None,
+              progress=None):
     """QatResult: the BuiltModel to quantize (weights fine-tuned for int8, or `built`'s own when
     plain PTQ stays best on the held-out images) and how each epoch went.
 
     `calibration` is the export's CalibrationSet: its arrays train and calibrate, its held-out
-    files judge. `convert_cfg` is the export's int8 configuration, which judges each epoch."""
+    files judge. `convert_cfg` is the export's int8 configuration, which judges each epoch.
+    `float_model` is `built`'s float ConvertedModel; plain PTQ is judged through `store`, so an
+    export that keeps it quantizes it once (the epochs' models are not cached)."""
     import keras
     import numpy as np
     import tensorflow as tf
 
+    from pipeline import convert
     from pipeline.build import weights_sha256
     from pipeline.preprocess import load_images
 
@@ -313,10 +312,8 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, progress=None):
     held_out = load_images(held_out_paths, spec).arrays.astype(np.float32)
     reference = teacher.predict(held_out, batch_size=cfg.batch_size, verbose=0)
 
-    def judge(keras_model):
-        return _int8_parity(built, keras_model, calibration, convert_cfg, held_out, reference)
-
-    ptq_kl, agreement, given_float = judge(teacher)
+    ptq_kl, agreement = _int8_parity(built, float_model, calibration, convert_cfg, held_out,
+                                     reference, store)
     held_kl = float(np.mean(ptq_kl))
     epochs = [{"epoch": 0, "train_kl": None, "held_out_kl": round(held_kl, 6),
                "held_out_agreement": round(agreement, 4), "z_vs_ptq": None,
@@ -338,7 +335,7 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, progress=None):
         return loss
 
     rng = np.random.default_rng(cfg.seed)
-    best = (held_kl, 0, None, given_float)  # the chosen: lowest KL among the significant epochs
+    best = (held_kl, 0, None, float_model)  # the chosen: lowest KL among the significant epochs
     lowest = (held_kl, 0)  # the lowest KL at all: patience counts from it
     stopped = "epochs"
     steps = max(1, len(train) // cfg.batch_size)
@@ -357,7 +354,11 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, progress=None):
                     bar.update()
                     bar.set_postfix(held_out_agreement=f"{agreement:.2%}",
                                     train_kl=f"{np.mean(losses):.4f}")
-            epoch_kl, agreement, epoch_float = judge(folded)
+            tuned = dataclasses.replace(built, keras_model=folded)
+            epoch_float = convert.convert(tuned, None, convert.ConvertConfig(
+                quantize="none", head=convert_cfg.head))
+            epoch_kl, agreement = _int8_parity(tuned, epoch_float, calibration, convert_cfg,
+                                               held_out, reference)
             held_kl, z = float(np.mean(epoch_kl)), paired_z(ptq_kl, epoch_kl)
             seconds = time.perf_counter() - epoch_start
             epochs.append({"epoch": epoch, "train_kl": round(float(np.mean(losses)), 6),
@@ -365,7 +366,7 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, progress=None):
                            "held_out_agreement": round(agreement, 4), "z_vs_ptq": round(z, 2),
                            "seconds": round(seconds, 1)})
             if held_kl < best[0] and z >= cfg.min_z:
-                best = (held_kl, epoch, [w.copy() for w in folded.get_weights()], epoch_float)
+                best = (held_kl, epoch, folded.get_weights(), epoch_float)
             if held_kl < lowest[0]:
                 lowest = (held_kl, epoch)
             elif epoch - lowest[1] >= cfg.patience:
@@ -387,7 +388,7 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, progress=None):
                                      weights_source=f"{built.weights_source}, fine-tuned for int8 "
                                                     f"(--qat, epoch {best[1]})")
     return QatResult(chosen, best[3], epochs, best[1], stopped, len(held_out), len(train),
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, cfg.min_z)
 
 
 def define_flags():

@@ -15,10 +15,10 @@ import dataclasses
 import numpy as np
 
 from pipeline import convert
-from pipeline.device_runner import Runner, load_runtime, time_configs
+from pipeline.device_runner import load_runtime, time_configs
 from pipeline.errors import PipelineInputError
 from pipeline.layers import layer_group
-from pipeline.verify import as_logits, compare_outputs
+from pipeline.verify import compare_outputs, tflite_logits
 
 HELD_OUT_IMAGES = 256  # sensitivity and the stop rule are measured on at most this many
 MIN_HELD_OUT_IMAGES = 50
@@ -175,15 +175,8 @@ def lower_bound(successes, n, z=1.96):
     return float((centre - spread) / (1 + z * z / n))
 
 
-def _outputs(model_bytes, images):
-    """The model's outputs on `images`, as logits (verify.as_logits)."""
-    _, _, module = load_runtime()
-    return as_logits(Runner(module, model_content=model_bytes, threads=2)(images),
-                     convert.output_kind(model_bytes))
-
-
 def _parity_of(model_bytes, images, reference):
-    return compare_outputs(reference, _outputs(model_bytes, images))
+    return compare_outputs(reference, tflite_logits(model_bytes, images))
 
 
 @dataclasses.dataclass
@@ -227,7 +220,7 @@ def search_keep_float(calibrated, cfg, float_tflite, images, target_agreement,
        by luck is not enough), or after `max_groups` groups (0: no limit). The order that reached
        the target, else the one with the lower held-out KL, is kept.
     """
-    reference = _outputs(float_tflite, images)
+    reference = tflite_logits(float_tflite, images)
     groups, macs = {}, {}
     for _, tensor, tensor_macs in convert.quantizable_tensors(calibrated):
         group = layer_group(tensor)

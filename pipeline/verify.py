@@ -225,16 +225,21 @@ def per_class_metrics(reference, candidate, eval_set, built):
     return rows
 
 
-def keras_check(built, float_tflite, paths, spec):
-    """Max |softmax(Keras) − softmax(float .tflite)| on a sample: the fast reference is faithful."""
+def tflite_logits(model_bytes, images, threads=2):
+    """A .tflite model's outputs on `images` (in this process), as logits (`as_logits`)."""
     from pipeline.convert import output_kind
     from pipeline.device_runner import Runner, load_runtime
 
+    runner = Runner(load_runtime()[2], model_content=model_bytes, threads=threads)
+    return as_logits(runner(images), output_kind(model_bytes))
+
+
+def keras_check(built, float_tflite, paths, spec):
+    """Max |softmax(Keras) − softmax(float .tflite)| on a sample: the fast reference is faithful."""
     sample = load_images(paths, spec).arrays
     keras_logits = built.keras_model.predict(sample, batch_size=len(sample), verbose=0)
-    runner = Runner(load_runtime()[2], model_content=float_tflite, threads=1)
-    tflite_logits = as_logits(runner(sample), output_kind(float_tflite))
-    diff = np.abs(np.exp(log_softmax(keras_logits)) - np.exp(log_softmax(tflite_logits))).max()
+    float_logits = tflite_logits(float_tflite, sample, threads=1)
+    diff = np.abs(np.exp(log_softmax(keras_logits)) - np.exp(log_softmax(float_logits))).max()
     return {"images": int(len(sample)), "max_abs_prob_diff": float(diff),
             "tolerance": KERAS_CHECK_TOLERANCE}
 

@@ -74,8 +74,9 @@ def test_fine_tuning_is_seeded_and_judges_every_epoch_on_the_converted_model(
     calibration = calibrate.representative_dataset(
         calibrate.CalibrationConfig(directory=str(folder), samples=16, seed=0), spec)
     cfg = qat.QatConfig(epochs=2, batch_size=8, learning_rate=1e-4, patience=5)
-    runs = [qat.fine_tune(small_built, calibration, spec, cfg, convert.ConvertConfig("int8"))
-            for _ in range(2)]
+    float_model = convert.convert(small_built, None, convert.ConvertConfig("none"))
+    runs = [qat.fine_tune(small_built, calibration, spec, cfg, convert.ConvertConfig("int8"),
+                          float_model) for _ in range(2)]
     first, second = runs
     assert [e["held_out_kl"] for e in first.epochs] == [e["held_out_kl"] for e in second.epochs]
     assert [e["train_kl"] for e in first.epochs] == [e["train_kl"] for e in second.epochs]
@@ -88,14 +89,15 @@ def test_fine_tuning_is_seeded_and_judges_every_epoch_on_the_converted_model(
     want = min(significant, key=lambda e: e["held_out_kl"])["epoch"] if significant else 0
     assert first.best_epoch == want
     assert (first.built is small_built) == (first.best_epoch == 0)
+    assert (first.float_model is float_model) == (first.best_epoch == 0)
 
 
-def test_too_few_held_out_images_is_one_clear_error(small_built, small_calibration):
+def test_too_few_held_out_images_is_one_clear_error(small_built, small_calibration, small_float):
     from pipeline.errors import PipelineInputError
 
     with pytest.raises(PipelineInputError, match="--qat judges each epoch.*has only 8"):
         qat.fine_tune(small_built, small_calibration, Preprocessing(96), qat.QatConfig(),
-                      convert.ConvertConfig("int8"))
+                      convert.ConvertConfig("int8"), small_float)
 
 
 @needs_imagenet
