@@ -59,12 +59,15 @@ class BenchmarkResult:
                 "reference": dict(self.reference)}
 
 
-def quick_benchmark(model, cfg=BenchmarkConfig(), reference=None, reference_kind=None):
+def quick_benchmark(model, cfg=BenchmarkConfig(), reference=None, reference_kind=None,
+                    reference_facts=None):
     """Times `model` (path or bytes) at each thread count of `cfg`, and `reference` (bytes) at one
     thread interleaved with it, invoke by invoke, so their ratio holds on any machine.
 
-    `reference_kind` names what the reference is; "self" means the model is its own reference
-    (ratio exactly 1, nothing more to time)."""
+    `reference_kind` names what the reference is: "int8" (the plain int8 model of the same
+    network), "file" (a model the user named, `--latency-reference`), or "self" (the model is its
+    own reference: ratio exactly 1, nothing more to time, and nothing a gate can judge).
+    `reference_facts` (its name, MACs, …) go into the ratio's record."""
     name, version, module = device_runner.load_runtime()
     threads = tuple(sorted(set(cfg.threads) | ({1} if reference_kind else set())))
     configs = [{"model": model, "threads": t} for t in threads]
@@ -82,7 +85,7 @@ def quick_benchmark(model, cfg=BenchmarkConfig(), reference=None, reference_kind
         ref_row = rows.pop()
         ref = {"kind": reference_kind, "median_ms": round(ref_row["median_ms"], 3),
                "sha256": hashlib.sha256(reference).hexdigest(),
-               "xnnpack_applied": ref_row["xnnpack_applied"]}
+               "xnnpack_applied": ref_row["xnnpack_applied"], **(reference_facts or {})}
     return BenchmarkResult(runtime=name, runtime_version=version, latencies=rows,
                            machine=device_runner.device_facts(), reference=ref)
 
@@ -234,6 +237,35 @@ def define_flags():
     from pipeline.cli import define
 
     define("integer", "benchmark-runs", 50, "Timed invokes per configuration.")
+    define("string", "latency-reference", None,
+           "A .tflite to time the model against, interleaved, at 1 thread (e.g. the model of your "
+           "last release): the report's latency ratio is to it. Default: the plain int8 model of the "
+           "same network (the default export is then its own reference, ratio 1.00).")
+
+
+def latency_reference(reference_file, plain_int8):
+    """(kind, model bytes or None, facts) an export is timed against: the `--latency-reference`
+    file (from `reference_from_file`) when given, else `plain_int8()` — convert.latency_reference's
+    (kind, bytes): the plain int8 model of the same network, or "self"."""
+    if reference_file is not None:
+        model, facts = reference_file
+        return "file", model, facts
+    kind, model = plain_int8()
+    return kind, model, None
+
+
+def reference_from_file(path):
+    """(bytes, facts) of a `--latency-reference` model: refused in one line when it cannot be
+    timed; its facts (file name, MACs, whether every conv/fc op is int8) let the gate tell whether
+    a ratio to it carries across CPU classes."""
+    from pipeline import convert
+
+    data = checked_model(path)
+    _, weighted = convert.inspect_tflite(data)
+    return data, {"name": Path(path).name, "macs": convert.model_macs(data),
+                  "int8": bool(weighted) and all(w["activation_dtype"] in ("int8", "uint8")
+                                                 and w["weight_dtype"] in ("int8", "uint8")
+                                                 for w in weighted)}
 
 
 def define_host_flags():

@@ -47,10 +47,13 @@ class BuiltModel:
     resolution: int
     labels: list
     synsets: list  # ImageNet synset ids by output index, or None
-    weights_source: str
+    weights_source: str  # for reports: "imagenet (file name)", "random (seed 0)", a path, …
     weights_sha256: str
     output_kind: str  # "logits" (softmax stripped or never there) or "scores"
     architecture: dict
+    # For text inside the model: weights_source with no folder in it, so the same weights give
+    # the same model bytes wherever they sit.
+    weights_name: str = None
 
     @property
     def num_classes(self):
@@ -360,6 +363,8 @@ def build_model(cfg):
         weights_sha256=sha,
         output_kind=output_kind,
         architecture=architecture,
+        weights_name=Path(source).name if cfg.model_path or cfg.weights not in ("imagenet", "random")
+        else source,
     )
 
 

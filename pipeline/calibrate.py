@@ -188,6 +188,15 @@ def sample_files(folder, n, seed):
     return order[:n], order[n:]
 
 
+def file_digests(paths, digits=16):
+    """The first `digits` hex digits of each file's sha256: which image a per-image result is."""
+    digests = []
+    for path in paths:
+        with open(path, "rb") as f:
+            digests.append(hashlib.sha256(f.read()).hexdigest()[:digits])
+    return digests
+
+
 def files_sha256(paths):
     digest = hashlib.sha256()
     for path in paths:

@@ -32,6 +32,7 @@ import io
 import os
 
 from pipeline.errors import PipelineInputError
+from pipeline.ranges import CLIP_SAMPLING, GRID, clip_ranges, snap_model_ranges
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int16x8")
 BACKENDS = ("tflite-converter", "litert-quantizer")
@@ -110,6 +111,7 @@ class ConvertedModel:
             "macs": self.macs,
             "ops": self.ops,
             "weighted_ops": summarize_weighted_ops(self.weighted_ops),
+            "structure": structure(self.weighted_ops),
         }
 
 
@@ -191,6 +193,8 @@ def read_ops(model_bytes, where="the model"):
 
 def inspect_tflite(model_bytes):
     """(ops histogram, weighted-op details) read from the flatbuffer itself."""
+    from pipeline.layers import layer_name
+
     _, graph, named_ops = read_ops(model_bytes)
     ops = collections.Counter()
     weighted = []
@@ -200,13 +204,30 @@ def inspect_tflite(model_bytes):
         if name in WEIGHTED_OPS:
             weight = graph.tensors[op.inputs[1]]
             scales = weight.quantization.scale if weight.quantization is not None else None
+            output = graph.tensors[op.outputs[0]].name
             weighted.append({
                 "op": name,
+                "layer": layer_name(output.decode(errors="replace") if isinstance(output, bytes)
+                                    else output),
                 "activation_dtype": _dtype_name(activation.type),
                 "weight_dtype": _dtype_name(weight.type),
                 "per_channel": scales is not None and len(scales) > 1,
             })
     return dict(sorted(ops.items())), weighted
+
+
+def structure(weighted_ops):
+    """{layer: "OP activations/weights[ per-channel]"} of every conv, depthwise conv and
+    fully-connected op, in execution order: what the gate compares layer by layer, so a layer that
+    silently stops being int8 fails by name. A name met twice gets "#2", "#3"."""
+    found = {}
+    for w in weighted_ops:
+        name, n = w["layer"], 2
+        while name in found:
+            name, n = f"{w['layer']}#{n}", n + 1
+        found[name] = (f"{w['op']} {w['activation_dtype']}/{w['weight_dtype']}"
+                       + (" per-channel" if w["per_channel"] else ""))
+    return found
 
 
 def summarize_weighted_ops(weighted):
@@ -243,13 +264,16 @@ def _tf_dtype(name):
 
 
 def keras_model_for(built, head):
-    """The Keras model a conversion starts from: the logits model, with a softmax appended for
-    --head probabilities (only where the model's output is logits)."""
+    """The Keras model a conversion starts from: the logits model with its BatchNormalization
+    folded in float64 (`pipeline.fold`: the converter's own fold depends on the CPU), with a
+    softmax appended for --head probabilities (only where the model's output is logits)."""
+    from pipeline.fold import fold_batchnorm
+
+    model = fold_batchnorm(built.keras_model)
     if head != "probabilities" or built.output_kind != "logits":
-        return built.keras_model
+        return model
     import keras
 
-    model = built.keras_model
     return keras.Model(model.inputs, keras.layers.Softmax(name="probabilities")(model.outputs[0]),
                        name=model.name)
 
@@ -306,6 +330,11 @@ def temporary_space():
             "free): free some space or point TMPDIR at a roomier disk") from None
 
 
+# How the float model is made, in cache keys: "folded-float64" since BatchNormalization is folded
+# by pipeline.fold (issue 25); entries made by the converter's own fold are not reused.
+FLOAT_CONVERSION = "folded-float64"
+
+
 def float_tflite(built, head="probabilities", store=None):
     """The float32 `.tflite` of `built` with `head`, from the cache when it was made before.
 
@@ -320,7 +349,7 @@ def float_tflite(built, head="probabilities", store=None):
     store = store or Cache(None)
     # The weights as they are now (not the file they came from): ~30 ms at 224.
     entry = key("float-tflite", built.keras_model.to_json(), weights_sha256(built.keras_model), head,
-                getattr(built, "output_kind", None), tf.__version__)
+                getattr(built, "output_kind", None), tf.__version__, FLOAT_CONVERSION)
     model = store.get("float-tflite", entry, lambda: _FLOAT_MEMO.get(entry) or _convert_float(built, head),
                       f"float .tflite ({head})")
     # Kept in memory too (the last few): callers of convert() in one process (the gate's variants,
@@ -347,15 +376,16 @@ def _convert_float(built, head):
 def calibrate_model(built, calibration_arrays, per_channel=True, head="probabilities", store=None,
                     float_model=None):
     """The float model annotated with calibrated ranges, its input range set to what the
-    preprocessing produces (`fix_input_range`); from the cache when this float model was calibrated
-    on these exact arrays before.
+    preprocessing produces and every range snapped to the grid of
+    `pipeline.ranges` (so the same images give the same scales on every CPU); from the cache when
+    this float model was calibrated on these exact arrays before.
 
     This is TFLite's calibrate-only step run on the float `.tflite` the export converts anyway
     (`float_model`, made when not given): the converter's `_experimental_calibrate_only` converts
     the Keras model a second time (≈9 s at 224) and then calibrates that same float graph with the
     same `Calibrator`; its result differs only in the conversion metadata, which records the
-    full-integer optimization (`mark_full_integer`). Byte-identical to the converter's, checked by
-    tests/test_cache.py. Min/max are the extremes over all images, so the result does not depend
+    full-integer optimization (`mark_full_integer`). Byte-identical to the converter's (snapped
+    the same way), checked by tests/test_cache.py. Min/max are the extremes over all images, so the result does not depend
     on how images are grouped; `per_channel` does not change it (it matters at quantization).
 
     Quantizing it (`quantize_calibrated`) takes ~0.2 s, so many selective-quantization variants
@@ -371,7 +401,8 @@ def calibrate_model(built, calibration_arrays, per_channel=True, head="probabili
     if float_model is None:
         float_model = float_tflite(built, head, store)
     arrays = np.ascontiguousarray(calibration_arrays, np.float32)
-    entry = key("calibrated", sha256(float_model), sha256(arrays.data), arrays.shape, tf.__version__)
+    entry = key("calibrated", sha256(float_model), sha256(arrays.data), arrays.shape, tf.__version__,
+                GRID)
     return store.get("calibrated", entry, lambda: _calibrate(float_model, arrays),
                      f"calibrated ranges ({len(arrays)} images)")
 
@@ -384,8 +415,8 @@ def _calibrate(float_model, arrays):
     with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), temporary_space():
         annotated = calibrator.Calibrator(calibrator.add_intermediate_tensors(float_model))
         calibrated = annotated.calibrate(lambda: ([a[None]] for a in arrays))
-    # One read and one write of the flatbuffer for both edits (each is ~14 MB at 224).
-    return _edited(calibrated, mark_full_integer, _set_input_range)
+    # One read and one write of the flatbuffer for the three edits (each is ~14 MB at 224).
+    return _edited(calibrated, mark_full_integer, _set_input_range, snap_model_ranges)
 
 
 def _edited(model_bytes, *edits):
@@ -417,17 +448,20 @@ def mark_full_integer(model):
         buffer.data = list(builder.Output())
 
 
-def fix_input_range(calibrated):
+def settle_ranges(calibrated):
+    """A calibrated model's ranges as every int8 model here is quantized from: the input's set to
+    x(0) … x(255) of the preprocessing (`_set_input_range`), then every range snapped to the grid
+    of `pipeline.ranges`."""
+    return _edited(calibrated, _set_input_range, snap_model_ranges)
+
+
+def _set_input_range(model):
     """Sets the input's calibrated range to x(0) … x(255) of the preprocessing.
 
     Calibration records the range the images happened to hold; with the full pixel range the
     uint8 grid becomes scale 1/127.5, zero point 127, on which x = (p − 127)/127.5 is exactly p.
     Images without a 0 or a 255 (a dim calibration set) would otherwise give another grid, and
     raw bytes would no longer be the input the model was calibrated on."""
-    return _edited(calibrated, _set_input_range)
-
-
-def _set_input_range(model):
     from pipeline.preprocess import Preprocessing
 
     graph = model.subgraphs[0]
@@ -436,65 +470,6 @@ def _set_input_range(model):
         quantization = graph.tensors[index].quantization
         if quantization is not None and quantization.min is not None:
             quantization.min, quantization.max = [low], [high]
-
-
-# How clip_ranges samples activations: `images` calibration images, `samples` values per tensor
-# per image, drawn with `seed`.
-CLIP_SAMPLING = {"images": 150, "samples": 4000, "seed": 0}
-
-
-def clip_ranges(calibrated, calibration_arrays, percentile, images=CLIP_SAMPLING["images"],
-                samples=CLIP_SAMPLING["samples"], seed=CLIP_SAMPLING["seed"]):
-    """Replaces each activation's calibrated min/max with the given percentiles of its values.
-
-    Min/max lets one extreme pixel set a tensor's range: MobileNetV2's ReLU6 outputs calibrate to
-    [0, 6] while most values are a few hundredths, so the int8 step drowns them. Measured at 224
-    (all 3,925 val images): percentile 99.99 lifts agreement 96.05% → 96.82% and cuts KL 0.0078 →
-    0.0052 at no latency cost; 99.9 clips too much (90.6%). Values are sampled (seeded) from
-    `images` calibration images, `samples` per tensor per image, plus each image's extremes.
-
-    The model's outputs keep their min/max: the top logits are exactly the extremes a percentile
-    cuts off, and clipping them ties the leading classes at the range's end. Measured at 224, the
-    effect is within the ±0.3 pt scatter between equally good models: 96.82% with clipped logits;
-    96.97% (same samples) and 96.71% (re-drawn samples) without, KL 0.0052 → 0.0049–0.0051.
-    """
-    import warnings
-
-    import numpy as np
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    from pipeline.device_runner import load_runtime
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-    graph = model.subgraphs[0]
-    stat_tensors = [i for i, t in enumerate(graph.tensors)
-                    if t.quantization is not None and t.quantization.min is not None
-                    and len(t.quantization.min) == 1 and i not in graph.outputs]
-    _, _, module = load_runtime()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is, here
-        interpreter = module.Interpreter(model_content=calibrated, num_threads=os.cpu_count() or 1,
-                                         experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    input_index = interpreter.get_input_details()[0]["index"]
-    rng = np.random.default_rng(seed)
-    values = {i: [] for i in stat_tensors}
-    for array in calibration_arrays[:images]:
-        interpreter.set_tensor(input_index, np.asarray(array, np.float32)[None])
-        interpreter.invoke()
-        for i in stat_tensors:
-            tensor = interpreter.get_tensor(i).ravel()
-            values[i].append(tensor[rng.integers(0, tensor.size, min(tensor.size, samples))])
-            values[i].append(np.array([tensor.min(), tensor.max()], tensor.dtype))
-    for i in stat_tensors:
-        quantization = graph.tensors[i].quantization
-        seen = np.concatenate(values[i])
-        low = float(np.percentile(seen, 100 - percentile))
-        high = float(np.percentile(seen, percentile))
-        # Keep 0 representable for ranges that held it (ReLU outputs, zero padding).
-        quantization.min = [min(low, 0.0) if quantization.min[0] <= 0 else low]
-        quantization.max = [max(high, quantization.min[0] + 1e-6)]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def calibrated_for(built, calibration_arrays, cfg, store=None, float_model=None):
@@ -510,7 +485,7 @@ def calibrated_for(built, calibration_arrays, cfg, store=None, float_model=None)
         return calibrated
     arrays = np.ascontiguousarray(calibration_arrays, np.float32)
     entry = key("percentile", sha256(calibrated), sha256(arrays.data), arrays.shape, cfg.percentile,
-                CLIP_SAMPLING)
+                CLIP_SAMPLING, GRID)
     return store.get("calibrated", entry, lambda: clip_ranges(calibrated, arrays, cfg.percentile),
                      f"percentile {cfg.percentile} ranges")
 

@@ -59,6 +59,9 @@ def export_from_flags(flag_values=FLAGS):
     keep_float = selective.config_from_flags(flag_values)
     qat_cfg = qat.config_from_flags(flag_values)
     store = cache.from_flags(flag_values)
+    # Checked before any work: a reference that cannot be timed is bad input.
+    reference_file = (benchmark.reference_from_file(flag_values["latency-reference"].value)
+                      if flag_values["latency-reference"].value else None)
     with _timed(timings, "build"):
         built = build.build_model(build_cfg)
     info = metadata.info_from_flags(flag_values, built, convert_cfg)
@@ -109,12 +112,14 @@ def export_from_flags(flag_values=FLAGS):
             converted.tflite, eval_set.paths[:clients.SAMPLE_IMAGES], spec,
             config_files=report.artifact_files(built, converted, spec))
     with _timed(timings, "latency_reference"):
-        reference_kind, latency_model = convert.latency_reference(
-            quantized_from, calibration.arrays, converted.config, calibrated, store)
+        reference_kind, latency_model, reference_facts = benchmark.latency_reference(
+            reference_file, lambda: convert.latency_reference(
+                quantized_from, calibration.arrays, converted.config, calibrated, store))
     with _timed(timings, "benchmark"):
         bench = benchmark.quick_benchmark(
             converted.tflite, benchmark.BenchmarkConfig(runs=flag_values["benchmark-runs"].value),
-            reference=latency_model, reference_kind=reference_kind)
+            reference=latency_model, reference_kind=reference_kind,
+            reference_facts=reference_facts)
     with _timed(timings, "report"):
         written = report.write_report(out_dir, built, converted, float_model.tflite, calibration,
                                       parity, bench, spec, timings, report.command_line(),

@@ -326,13 +326,15 @@ def info_from_flags(flag_values, built, convert_cfg):
         f"{arch.get('architecture', 'MobileNetV2')} {arch.get('alpha', '')}/{built.resolution} image "
         f"classifier, {built.num_classes} classes, {convert_cfg.quantize} "
         f"({'arXiv:1801.04381; ' if arch.get('architecture') == 'MobileNetV2' else ''}"
-        f"weights: {built.weights_source}).")
+        f"weights: {built.weights_name or built.weights_source}, sha256 {built.weights_sha256[:12]}).")
     license_ = flag_values["model-license"].value
     if license_ is None:
         # Keras' ImageNet MobileNetV2 weights are released under Apache-2.0; a user's own weights
         # carry whatever licence the user gives them.
+        # (Judged from the weights' name, not a path: the folder they sit in must not change the
+        # model's bytes.)
         license_ = "Apache-2.0" if built.synsets is not None and "imagenet" in str(
-            built.weights_source).lower() else ""
+            built.weights_name or built.weights_source).lower() else ""
     for flag, value in (("model-name", name), ("model-version", flag_values["model-version"].value)):
         if not str(value).strip():
             raise PipelineInputError(f"--{flag} must not be empty")

@@ -8,8 +8,8 @@ to tolerate (Jacob et al., arXiv:1712.05877; Krishnamoorthi, arXiv:1806.08342).
 
 How, and why this way:
 - the student is the float model with BatchNormalization folded into the convolutions
-  (`fold_batchnorm`: what the converter does itself), so the weights it trains are the ones the
-  converter rounds: each kernel fake-quantized per output channel, symmetric, narrow range
+  (`pipeline.fold`: the float model every conversion starts from), so the weights it trains are
+  the ones the converter rounds: each kernel fake-quantized per output channel, symmetric, narrow range
   (the converter's int8 weights), each per-tensor activation the converter stores (the input,
   every ReLU6, each linear projection, each residual Add, the pooled features, the logits) by
   `tf.quantization.fake_quant_with_min_max_vars` with the calibration min/max. Straight-through
@@ -32,10 +32,10 @@ import dataclasses
 import time
 
 from pipeline.errors import PipelineInputError
+from pipeline.fold import WEIGHTED_LAYERS, consumers, fold_batchnorm
 
 MIN_HELD_OUT_IMAGES = 32
 HELD_OUT_IMAGES = 256
-WEIGHTED_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,67 +93,6 @@ class QatResult:
                 "seconds": round(self.seconds, 1)}
 
 
-def _consumers(model):
-    """{layer name: [layers that take its output]}."""
-    consumers = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                consumers.setdefault(tensor._keras_history[0].name, []).append(layer)
-    return consumers
-
-
-def fold_batchnorm(model):
-    """`model` with each BatchNormalization that follows a convolution or Dense folded into it
-    (kernel × γ/√(σ²+ε) per output channel, bias β + (b − μ)·γ/√(σ²+ε)) and replaced by an
-    Identity: the same function, in the weights the converter will round."""
-    import keras
-    import numpy as np
-
-    consumers = _consumers(model)
-    folded, folded_norms = {}, set()
-    for layer in model.layers:
-        kind = type(layer).__name__
-        after = consumers.get(layer.name, [])
-        if kind not in WEIGHTED_LAYERS or len(after) != 1 or \
-                type(after[0]).__name__ != "BatchNormalization":
-            continue
-        norm = after[0]
-        gamma, beta, mean, var = (np.asarray(v.numpy(), np.float64) for v in (
-            norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
-        scale = gamma / np.sqrt(var + norm.epsilon)
-        kernel, *rest = [np.asarray(w, np.float64) for w in layer.get_weights()]
-        bias = rest[0] if layer.use_bias else np.zeros_like(scale)
-        if kind == "DepthwiseConv2D":  # kernel (h, w, in, multiplier): output channel in·m + j
-            kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
-        else:
-            kernel = kernel * scale
-        folded[layer.name] = [kernel.astype(np.float32),
-                              (beta + (bias - mean) * scale).astype(np.float32)]
-        folded_norms.add(norm.name)
-
-    def clone(layer):
-        if layer.name in folded_norms:
-            return keras.layers.Identity(name=layer.name)
-        config = layer.get_config()
-        if layer.name in folded:
-            config["use_bias"] = True
-        return type(layer).from_config(config)
-
-    def call(layer, *args, **kwargs):
-        if isinstance(layer, keras.layers.Identity):  # BN's `training` argument has no place here
-            return layer(args[0])
-        return layer(*args, **kwargs)
-
-    result = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for layer in result.layers:
-        if layer.name in folded:
-            layer.set_weights(folded[layer.name])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return result
-
-
 def _fake_quant_layers():
     """The two Keras layers, defined on first use: keras is imported lazily everywhere here."""
     import keras
@@ -205,11 +144,11 @@ def activation_points(folded):
     """Layers of `folded` whose output the converter stores as a per-tensor int8 activation:
     each ReLU6, Add and pooling, and each folded BN (Identity) or Dense that no ReLU follows (a
     followed one is fused into its ReLU6)."""
-    consumers = _consumers(folded)
+    consumers_of = consumers(folded)
     points = []
     for layer in folded.layers:
         kind = type(layer).__name__
-        followed_by_relu = any(type(c).__name__ == "ReLU" for c in consumers.get(layer.name, []))
+        followed_by_relu = any(type(c).__name__ == "ReLU" for c in consumers_of.get(layer.name, []))
         if kind in ("ReLU", "Add", "GlobalAveragePooling2D") or \
                 (kind in ("Identity", "Dense") and not followed_by_relu):
             points.append(layer.name)
@@ -307,7 +246,10 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, float_model, store=Non
     started = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    teacher = built.keras_model
+    # The teacher is the float model folded like the student (pipeline.fold): the same function,
+    # without the BatchNormalization kernels whose rsqrt differs between CPUs, so the logits it
+    # teaches with are the same bits on every x86 machine.
+    teacher = fold_batchnorm(built.keras_model)
     train = np.asarray(calibration.arrays, np.float32)
     held_out = load_images(held_out_paths, spec).arrays.astype(np.float32)
     reference = teacher.predict(held_out, batch_size=cfg.batch_size, verbose=0)
@@ -318,7 +260,10 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, float_model, store=Non
     epochs = [{"epoch": 0, "train_kl": None, "held_out_kl": round(held_kl, 6),
                "held_out_agreement": round(agreement, 4), "z_vs_ptq": None,
                "seconds": round(time.perf_counter() - started, 1)}]
-    folded = fold_batchnorm(teacher)
+    folded = fold_batchnorm(built.keras_model)  # the student's weights: a copy of their own
+    if folded is built.keras_model:  # nothing to fold: train a copy, never the teacher itself
+        folded = keras.models.clone_model(built.keras_model)
+        folded.set_weights(built.keras_model.get_weights())
     student, activations = fake_quantized(folded, spec.value_range())
     set_activation_ranges(folded, activations, train, cfg.batch_size)
     variables = list(student.trainable_variables)
@@ -383,10 +328,11 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, float_model, store=Non
         chosen = built
     else:
         folded.set_weights(best[2])
+        tuned_note = f", fine-tuned for int8 (--qat, epoch {best[1]})"
         chosen = dataclasses.replace(built, keras_model=folded,
                                      weights_sha256=weights_sha256(folded),
-                                     weights_source=f"{built.weights_source}, fine-tuned for int8 "
-                                                    f"(--qat, epoch {best[1]})")
+                                     weights_source=built.weights_source + tuned_note,
+                                     weights_name=(built.weights_name or "") + tuned_note)
     return QatResult(chosen, best[3], epochs, best[1], stopped, len(held_out), len(train),
                      time.perf_counter() - started, cfg.min_z)
 

@@ -6,6 +6,8 @@
     OUT/report.json        parity, size, latency, timings, versions, hashes
     OUT/report.md          the same for a person
     OUT/parity.png         per-class top-1 of both models and the per-image KL distribution
+    OUT/parity_images.csv  each evaluated image's float and int8 top-1 and KL (the gate's paired
+                           comparison reads it)
 
 All of them are replaced as one set (pipeline.artifacts): a run that fails, is interrupted or is
 killed leaves the previous set whole, never a model from one run beside a report from another.
@@ -120,6 +122,10 @@ def _pct(value):
     return "—" if value is None else f"{value:.2%}"
 
 
+def _interval(bounds):
+    return "—" if not bounds else f"{bounds[0]:.2%}–{bounds[1]:.2%}"
+
+
 def framing(spec):
     square = ("the largest centered square" if spec.crop_fraction == 1 else
               f"the centered square of {spec.crop_fraction:g} × the shorter side")
@@ -143,12 +149,15 @@ def ratio_line(ratio):
     """What the latency ratio is, in one line."""
     if ratio is None:
         return "latency ratio: not measured"
-    if ratio["reference"]["kind"] == "self":
-        return ("latency ratio 1.00×: this model is the plain int8 model of its network, the "
-                "reference every other export of it is timed against")
-    return (f"latency ratio {ratio['value']:.2f}× the plain int8 model of the same network "
-            f"({ratio['median_ms']:.3f} vs {ratio['reference']['median_ms']:.3f} ms, 1 thread, "
-            "interleaved in one run)")
+    reference = ratio["reference"]
+    if reference["kind"] == "self":
+        return ("latency ratio 1.00× by construction: this model is the plain int8 model of its "
+                "network, the reference other exports of it are timed against; to judge its own "
+                "speed, pass --latency-reference MODEL.tflite (e.g. your last release)")
+    against = (f"{reference.get('name')} (--latency-reference)" if reference["kind"] == "file"
+               else "the plain int8 model of the same network")
+    return (f"latency ratio {ratio['value']:.2f}× {against} ({ratio['median_ms']:.3f} vs "
+            f"{reference['median_ms']:.3f} ms, 1 thread, interleaved in one run)")
 
 
 def render_markdown(report):
@@ -167,8 +176,9 @@ def render_markdown(report):
         f"| top-1 | {_pct(parity['float']['top1'])} | {_pct(parity['tflite']['top1'])} |",
         f"| top-5 | {_pct(parity['float']['top5'])} | {_pct(parity['tflite']['top5'])} |",
         "",
-        f"- top-1 agreement: **{_pct(parity['agreement_top1'])}** (share of images where both "
-        "models pick the same class)",
+        f"- top-1 agreement: **{_pct(parity['agreement_top1'])}** (95% interval "
+        f"{_interval(parity.get('agreement_interval_95'))}; share of images where both models "
+        "pick the same class; each image's outcome is in parity_images.csv)",
         f"- mean KL(float ‖ tflite): {parity['kl_mean']:.5f}",
         "- output SNR: "
         + ("identical outputs" if parity["snr_db"] is None else f"{parity['snr_db']:.1f} dB"),
@@ -369,5 +379,9 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
         "parity.png": render_parity_plot(
             parity, f"{built.name} {converted.config.quantize} vs float — {parity.source}"),
     }
+    if parity.per_image is not None:
+        from pipeline.verify import PER_IMAGE_FILE
+
+        files[PER_IMAGE_FILE] = parity.per_image.to_csv()
     write_files_atomically(out_dir, files)
     return report

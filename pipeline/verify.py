@@ -42,6 +42,81 @@ class EvalSet:
     paths: list
     labels: list  # output index per image, or None when unlabelled
     source: str  # what the images are, for the report
+    root: str = None  # the folder the images' names are relative to (per-image results)
+
+
+PER_IMAGE_FILE = "parity_images.csv"
+
+
+@dataclasses.dataclass
+class PerImage:
+    """Each evaluated image's outcome: what two runs on the same images are compared by, image by
+    image (the gate's paired tests). `image` is the path inside the evaluation folder, so a person
+    can open it and another machine's run on another copy of the folder matches it; `sha256` (16
+    hex digits of the file's) says it is the same image."""
+
+    COLUMNS = ("image", "sha256", "label", "float_top1", "tflite_top1", "kl")
+
+    images: list
+    sha256: list
+    labels: list  # true class index per image, or None
+    float_top1: list
+    tflite_top1: list
+    kl: list
+
+    def __len__(self):
+        return len(self.images)
+
+    def agree(self):
+        return [f == t for f, t in zip(self.float_top1, self.tflite_top1)]
+
+    def to_csv(self):
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.COLUMNS)
+        labels = self.labels if self.labels is not None else [None] * len(self.images)
+        for row in zip(self.images, self.sha256, labels, self.float_top1, self.tflite_top1, self.kl):
+            name, digest, label, f, t, kl = row
+            writer.writerow([name, digest, "" if label is None else int(label), int(f), int(t),
+                             f"{float(kl):.6g}"])
+        return buffer.getvalue()
+
+    @classmethod
+    def from_csv(cls, text, where):
+        """The per-image results in a parity_images.csv; one line naming `where` when it is not
+        one."""
+        import csv
+
+        fix = "export again to write it"
+        rows = list(csv.reader(text.splitlines()))
+        if not rows or tuple(rows[0]) != cls.COLUMNS:
+            raise PipelineInputError(f"{where} is not a per-image results file (its header is not "
+                                     f"{','.join(cls.COLUMNS)}): {fix}")
+        try:
+            body = [(r[0], r[1], int(r[2]) if r[2] else None, int(r[3]), int(r[4]), float(r[5]))
+                    for r in rows[1:]]
+        except (IndexError, ValueError) as error:
+            raise PipelineInputError(f"{where} has a malformed row ({error}): {fix}") from None
+        if not all(math.isfinite(r[5]) for r in body):
+            raise PipelineInputError(f"{where} has a KL that is not a finite number: {fix}")
+        columns = list(zip(*body)) if body else [[] for _ in cls.COLUMNS]
+        labels = list(columns[2]) if body and all(v is not None for v in columns[2]) else None
+        return cls(list(columns[0]), list(columns[1]), labels, list(columns[3]), list(columns[4]),
+                   list(columns[5]))
+
+
+def image_names(paths, root):
+    """Each path inside `root`, as a POSIX relative path (the file name when it is not inside)."""
+    names = []
+    for path in paths:
+        try:
+            names.append(Path(path).relative_to(root).as_posix() if root else Path(path).name)
+        except ValueError:
+            names.append(Path(path).name)
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +141,7 @@ class ParityResult:
     checks: list  # [(ok, text)]
     images_sha256: str = None  # of the evaluated files' names and bytes, in order
     kl_per_image: object = None  # numpy array, for the plot; not serialized
+    per_image: PerImage = None  # written beside the report (PER_IMAGE_FILE), not into it
 
     @property
     def passed(self):
@@ -78,6 +154,7 @@ class ParityResult:
             "float": self.float_metrics,
             "tflite": self.tflite_metrics,
             "agreement_top1": self.agreement_top1,
+            "agreement_interval_95": self.agreement_interval(),
             "kl_mean": self.kl_mean,
             "snr_db": self.snr_db,
             "dominant_share": self.dominant_share,
@@ -85,9 +162,17 @@ class ParityResult:
             "per_class": self.per_class,
             "skipped": [{"file": p, "reason": r} for p, r in self.skipped],
             "images_sha256": self.images_sha256,
+            "per_image_file": PER_IMAGE_FILE if self.per_image is not None else None,
             "checks": [{"ok": ok, "check": text} for ok, text in self.checks],
             "passed": self.passed,
         }
+
+    def agreement_interval(self):
+        """The 95% (Wilson) interval of top-1 agreement on these images."""
+        from pipeline.stats import wilson_interval
+
+        low, high = wilson_interval(round(self.agreement_top1 * self.images), self.images)
+        return [round(low, 4), round(high, 4)]
 
 
 def _normalize(name):
@@ -137,7 +222,8 @@ def eval_set_from_folder(directory, built, samples=None, seed=0):
             f"({', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}): name the sub-folders "
             "after labels.txt entries or ImageNet synsets (n01440764), or pass --labels"
         )
-    return EvalSet(paths, labels, str(directory) if folder.labelled else f"{directory} (unlabelled)")
+    return EvalSet(paths, labels, str(directory) if folder.labelled else f"{directory} (unlabelled)",
+                   root=str(folder.root))
 
 
 def eval_set_from_held_out(calibration, built):
@@ -150,7 +236,7 @@ def eval_set_from_held_out(calibration, built):
         source = f"{calibration.folder.root} (IN-SAMPLE: every image was used for calibration)"
     # Class folders that are not model labels just make this parity label-free.
     labels, _ = _labels(calibration.folder, paths, built)
-    return EvalSet(paths, labels, source)
+    return EvalSet(paths, labels, source, root=str(calibration.folder.root))
 
 
 def log_softmax(logits):
@@ -497,10 +583,13 @@ def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(),
     kept, skipped = reference.outputs.paths, reference.outputs.skipped
     label_of = dict(zip(map(str, eval_set.paths), eval_set.labels)) if eval_set.labels is not None else None
     labels = [label_of[str(p)] for p in kept] if label_of is not None else None
-    kept_set = EvalSet(kept, labels, eval_set.source)
+    kept_set = EvalSet(kept, labels, eval_set.source, eval_set.root)
     ref_logits, cand_logits = reference.outputs.logits, candidate.logits
     metrics = compare_outputs(ref_logits, cand_logits, labels)
     keras = reference.keras_check
+    per_image = PerImage(image_names(kept, eval_set.root), calibrate.file_digests(kept), labels,
+                         ref_logits.argmax(-1).tolist(), cand_logits.argmax(-1).tolist(),
+                         metrics["kl_per_image"].tolist())
     return ParityResult(
         images=len(kept),
         source=eval_set.source,
@@ -516,6 +605,7 @@ def verify(built, float_tflite, tflite, eval_set, spec, thresholds=Thresholds(),
         checks=threshold_checks(metrics, keras, thresholds),
         images_sha256=files_digest(store or Cache(None), kept, calibrate.files_sha256),
         kl_per_image=metrics["kl_per_image"],
+        per_image=per_image,
     )
 
 

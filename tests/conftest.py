@@ -73,6 +73,18 @@ def keras_home():
     return KERAS_HOME
 
 
+def move_batchnorm_statistics(model, seed=0):
+    """Sets every BatchNormalization's statistics and affine parameters far from their initial 0/1
+    (as training leaves them), so that folding them is a real change of weights; returns model."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n),
+                               rng.normal(0, 0.5, n), rng.uniform(0.1, 3, n)])
+    return model
+
+
 def make_images(root, classes=("cats", "dogs"), per_class=12, size=(120, 90), seed=0):
     """Writes smooth random JPEGs (class-tinted, so classes differ) into root/<class>/."""
     from PIL import Image

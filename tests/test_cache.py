@@ -96,7 +96,7 @@ def test_calibrating_the_float_tflite_is_the_converters_calibrate_only_step(smal
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
     with contextlib.redirect_stdout(io.StringIO()):
-        theirs = convert.fix_input_range(converter.convert())
+        theirs = convert.settle_ranges(converter.convert())
     assert convert.calibrate_model(small_built, arrays) == theirs
 
 

@@ -15,7 +15,7 @@ from tests.conftest import REPO, make_images, run_cli
 
 SMALL = ["--alpha", "0.35", "--resolution", "96", "--weights", "random", "--seed", "0"]
 ARTIFACTS = {"model.tflite", "labels.txt", "model_config.json", "report.json", "report.md",
-             "parity.png"}
+             "parity.png", "parity_images.csv"}
 
 
 def _digest(folder):
@@ -83,9 +83,18 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     # Whether int8 can beat float32 here: the CPU's int8 dot-product instructions, said in words.
     assert isinstance(report["machine"]["int8_dot_product"], list)
     assert "int8 dot-product: " in (out / "report.md").read_text()
-    assert report["latency_ratio"] == {"value": 1.0, "threads": 1, "reference": {"kind": "self"},
-                                       "median_ms": report["latency_ms"]["1"]["median"]}
-    assert "latency ratio 1.00×" in (out / "report.md").read_text()
+    # A default export is the plain int8 model of its network, the reference other exports of it
+    # are timed against: its own ratio says nothing, and the report says so.
+    assert report["latency_ratio"]["reference"] == {"kind": "self"}
+    assert "by construction" in (out / "report.md").read_text()
+    assert "--latency-reference" in (out / "report.md").read_text()
+    # Each image's outcome, beside the report.
+    per_image = (out / "parity_images.csv").read_text().splitlines()
+    assert per_image[0] == "image,sha256,label,float_top1,tflite_top1,kl"
+    assert len(per_image) == 1 + report["parity"]["images"]
+    assert report["parity"]["per_image_file"] == "parity_images.csv"
+    low, high = report["parity"]["agreement_interval_95"]
+    assert low <= report["agreement_top1"] <= high
     # Each client was run on the model as written, not assumed to take it.
     clients = {row["client"].split(" (")[0]: row for row in report["clients"]["checked"]}
     assert clients["MediaPipe Tasks ImageClassifier"]["ok"] is True
@@ -114,19 +123,53 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     assert report["sha256"]["eval_images"] and report["sha256"]["calibration_images"]
 
 
-def test_same_inputs_and_seed_give_identical_model_and_numbers(small_export, calibration_folder,
-                                                               tmp_path):
-    out, _ = small_export
-    again = tmp_path / "again"
-    # --no-cache: the work is redone, not read back from the session's cache.
-    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
-                     "--calibration-samples", "20", "--output", again, "--no-cache")
-    assert result.returncode == 0, result.stderr
-    assert (again / "model.tflite").read_bytes() == (out / "model.tflite").read_bytes()
-    first, second = (json.loads((d / "report.json").read_text()) for d in (out, again))
-    for key in ("float", "tflite", "agreement_top1", "kl_mean", "snr_db", "sha256", "calibration"):
-        assert first[key] == second[key], key
-    assert (again / "model_config.json").read_text() == (out / "model_config.json").read_text()
+def test_same_inputs_give_the_same_bytes_wherever_and_however_they_are_computed(
+        calibration_folder, small_built, tmp_path):
+    """Two exports of the same weights and images: from two folders whose names say where they
+    are, from other working directories, HOME and TMPDIR, and the second with oneDNN on, on one CPU
+    and one evaluation thread, with nothing from the cache. The models are byte-identical, the
+    report's numbers equal, and no path, host or user name is inside the model."""
+    import getpass
+    import socket
+
+    host, user = socket.gethostname(), getpass.getuser()
+    runs = []
+    for n, numerics in enumerate(({}, {"TF_ENABLE_ONEDNN_OPTS": "1"})):
+        where = tmp_path / f"run{n}-{host}-{user}-where-the-weights-are"
+        (where / "home").mkdir(parents=True)
+        (where / "tmp").mkdir()
+        small_built.keras_model.save_weights(where / "mobilenet.weights.h5")
+        images = where / "images"
+        shutil.copytree(calibration_folder[0], images)
+        args = ["--alpha", "0.35", "--resolution", "96", "--weights", where / "mobilenet.weights.h5",
+                "--calibration", images, "--calibration-samples", "20", "--output", where / "out"]
+        env = dict(HOME=str(where / "home"), TMPDIR=str(where / "tmp"), **numerics)
+        if n:
+            args += ["--threads", "1", "--no-cache"]
+        runs.append((where, args, env))
+    prefix = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    first = subprocess.Popen([sys.executable, "-m", "pipeline.export", *map(str, runs[0][1])],
+                             cwd=runs[0][0], env=dict(os.environ, PYTHONPATH=str(REPO), **runs[0][2]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.run(prefix + [sys.executable, "-m", "pipeline.export", *map(str, runs[1][1])],
+                            cwd=runs[1][0], env=dict(os.environ, PYTHONPATH=str(REPO), **runs[1][2]),
+                            capture_output=True, text=True, timeout=600)
+    first_err = first.communicate(timeout=600)[1]
+    assert first.returncode == 0, first_err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    models = [(where / "out" / "model.tflite").read_bytes() for where, _, _ in runs]
+    assert models[0] == models[1]
+    for where, _, _ in runs:
+        # (A short host or user name, "vm" or "root", turns up by chance in 4 MB of weights.)
+        for text in [str(where), where.name, str(REPO)] + [n for n in (host, user) if len(n) > 5]:
+            assert text.encode() not in models[0], f"{text!r} is inside the model"
+    reports = [json.loads((where / "out" / "report.json").read_text()) for where, _, _ in runs]
+    for key in ("float", "tflite", "agreement_top1", "kl_mean", "snr_db", "macs", "size_bytes"):
+        assert reports[0][key] == reports[1][key], key
+    for key in ("model", "float_model", "weights", "calibration_images", "eval_images"):
+        assert reports[0]["sha256"][key] == reports[1]["sha256"][key], key
+    assert [(where / "out" / "model_config.json").read_text() for where, _, _ in runs] == \
+        [(runs[0][0] / "out" / "model_config.json").read_text()] * 2
 
 
 def test_parity_threshold_failure_exits_1_after_writing_the_report(calibration_folder, tmp_path):
@@ -269,6 +312,28 @@ def test_interrupted_run_leaves_previous_artifacts_and_no_partial_files(small_ex
     assert _digest(out) == before
     leftovers = [p.name for p in out.parent.iterdir() if ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_latency_reference_is_timed_beside_the_model(small_export, calibration_folder, tmp_path):
+    # A user's last release as the reference: timed interleaved with the new model; the report
+    # names it. (The ratio's value is a measurement, asserted by nothing here.)
+    release = tmp_path / "release.tflite"
+    shutil.copy(small_export[0] / "model.tflite", release)
+    out = tmp_path / "out"
+    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
+                     "--calibration-samples", "20", "--latency-reference", release, "--output", out)
+    assert result.returncode == 0, result.stderr
+    ratio = json.loads((out / "report.json").read_text())["latency_ratio"]
+    assert ratio["reference"]["kind"] == "file" and ratio["reference"]["name"] == "release.tflite"
+    assert ratio["reference"]["sha256"] == hashlib.sha256(release.read_bytes()).hexdigest()
+    assert ratio["reference"]["int8"] is True and ratio["reference"]["macs"] > 0
+    assert ratio["value"] > 0 and ratio["reference"]["median_ms"] > 0
+    assert "release.tflite (--latency-reference)" in (out / "report.md").read_text()
+    # A reference that is no model is bad input, before any work.
+    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
+                     "--latency-reference", tmp_path / "missing.tflite", "--output", tmp_path / "x")
+    assert result.returncode == 2 and "missing.tflite" in result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_keep_float_export_is_timed_against_the_plain_int8_reference(calibration_folder, tmp_path):

@@ -43,24 +43,31 @@ def test_int8_parity_with_float_on_imagenette_val(imagenet_export):
     assert len(report["parity"]["per_class"]) == 10
 
 
-def test_int8_runs_like_googles_release_on_any_cpu(imagenet_export):
-    """Timings only as ratios from one interleaved run: ours / Google's int8 release of the same
-    architecture is 1.00 on AVX-512 VNNI and AVX2-only EPYCs alike (float32 / int8 is not: 2.0 and
-    0.9), so this holds on whatever CPU CI gets."""
-    out, report = imagenet_export
-    from pipeline import benchmark
-    from tests.conftest import SHARED
-
-    google = SHARED / "reference-models" / "google" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
-    # The default export is the plain int8 model: its own latency reference, 1.00x by construction.
-    assert report["latency_ratio"]["value"] == 1.0
-    assert report["latency_ratio"]["reference"]["kind"] == "self"
+def test_int8_does_the_work_of_googles_release(imagenet_export):
+    """What holds on any CPU, exactly: the paper's 300M MACs, every op but the input conversion
+    taken by XNNPACK, the structure of an all-int8 network. (How fast it runs beside Google's
+    release is a timing: `pytest -m bench`, below.)"""
+    _, report = imagenet_export
+    assert report["latency_ratio"]["reference"]["kind"] == "self"  # a default export
     assert report["machine"]["machine_class"] and report["machine"]["cpu_count"] >= 1
     assert report["macs"] == pytest.approx(300e6, rel=0.02)  # the paper's 300M MACs at 1.0/224
     assert report["benchmark"]["ops_not_delegated"] == 1  # the uint8 → int8 QUANTIZE at the input
-    if not google.is_file():
-        pytest.skip(f"needs {google}")
-    result = benchmark.host_benchmark([out / "model.tflite", google], threads=(1,), runs=40)
+    structure = report["conversion"]["structure"]
+    assert len(structure) == 53 and all(v.endswith("int8/int8 per-channel") for v in structure.values())
+
+
+@pytest.mark.bench
+def test_bench_int8_runs_like_googles_release(imagenet_export):
+    """Ours / Google's int8 release of the same architecture, interleaved at 1 thread: 1.00 on
+    AVX-512 VNNI and AVX2-only EPYCs alike (float32 / int8 is not: 2.0 and 0.9)."""
+    from pipeline import benchmark
+    from tests.conftest import SHARED
+
+    out, _ = imagenet_export
+    google = SHARED / "reference-models" / "google" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+    result = benchmark.host_benchmark([out / "model.tflite", google], threads=(1,), runs=200)
     median = {row["model"]: row["median_ms"] for row in result["latency"]}
+    print(f"\nours / Google's PTQ release: {median['model.tflite'] / median[google.name]:.3f} "
+          f"({result['device'].get('machine_class')})")
     assert median["model.tflite"] / median[google.name] <= 1.10, (median, result["device"])
     assert all(row["xnnpack_applied"] for row in result["latency"])
