@@ -24,6 +24,7 @@ setup(
         # TFLite Metadata writers and reader, and the ImageClassifier the models are checked with.
         "mediapipe>=1.2,<1.3",
     ],
+    entry_points={"console_scripts": ["mobilenet-pipeline=pipeline.commands.main:main"]},
     extras_require={
         # pipeline.sweep runs its cells on Ray (a local one by default, or a cluster).
         "sweep": ["ray>=2.50,<3"],

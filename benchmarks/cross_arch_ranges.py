@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def prepare(folder, model_path, images):
     import numpy as np
 
-    from pipeline import build, calibrate, convert
-    from pipeline.preprocess import Preprocessing
+    from pipeline.stages import build, calibrate, convert
+    from pipeline.stages.preprocess import Preprocessing
 
     built = build.build_model(build.BuildConfig(model_path=model_path))
     spec = Preprocessing(built.resolution)
@@ -44,7 +44,7 @@ def digests(folder):
     percentile, raw and snapped."""
     import numpy as np
 
-    from pipeline import convert, ranges
+    from pipeline.stages import convert, ranges
 
     float_model = (folder / "float.tflite").read_bytes()
     arrays = np.load(folder / "arrays.npy")

@@ -48,7 +48,7 @@ def main():
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from pipeline.device_runner import device_facts, int8_dot_product_line
+    from pipeline.device.runner import device_facts, int8_dot_product_line
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="export-speed-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -39,23 +39,24 @@ def main():
     from tensorflow.lite.tools import flatbuffer_utils
     from tqdm import tqdm
 
-    from pipeline import build, calibrate, convert, gate, ranges, verify
-    from pipeline.preprocess import Preprocessing, load_images
+    from pipeline.core.files import file_digests
+    from pipeline.stages import build, calibrate, convert, evalset, gate, parity_metrics, ranges, verify
+    from pipeline.stages.preprocess import Preprocessing, load_images
 
     spec = Preprocessing(224)
     built = build.build_model(build.BuildConfig(weights=args.weights))
     float_model = convert.float_tflite(built)
-    eval_set = verify.eval_set_from_folder(args.eval, built, args.eval_samples, 0)
+    eval_set = evalset.eval_set_from_folder(args.eval, built, args.eval_samples, 0)
     images = load_images(eval_set.paths, spec).arrays
-    reference = verify.tflite_logits(float_model, images)
+    reference = parity_metrics.tflite_logits(float_model, images)
     names = verify.image_names(eval_set.paths, eval_set.root)
-    digests = calibrate.file_digests(eval_set.paths)
+    digests = file_digests(eval_set.paths)
     cfg = convert.ConvertConfig("int8")
 
     def outcome(calibrated):
         model = convert.quantize_calibrated(calibrated, cfg)
-        logits = verify.tflite_logits(model, images)
-        metrics = verify.compare_outputs(reference, logits)
+        logits = parity_metrics.tflite_logits(model, images)
+        metrics = parity_metrics.compare_outputs(reference, logits)
         return verify.PerImage(names, digests, None, reference.argmax(-1).tolist(),
                                logits.argmax(-1).tolist(), metrics["kl_per_image"].tolist())
 

@@ -21,6 +21,13 @@ WEIGHTS_DIR = SHARED / "weights" / "keras_home" / "models"
 IMAGENETTE = SHARED / "data" / "imagenette-224"
 
 
+# Where a test needs a download to fail (weights that are not cached), it routes the download
+# through a proxy on a closed local port: the test means the same with or without a network.
+NO_NETWORK = {name: "http://127.0.0.1:9" for name in ("http_proxy", "https_proxy", "HTTP_PROXY",
+                                                       "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
+NO_NETWORK.update(no_proxy="", NO_PROXY="")
+
+
 def needs_shared(*parts):
     path = SHARED.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (../shared is absent)")
@@ -109,15 +116,15 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_built():
     """MobileNetV2 0.35 at 96 px, seeded random weights, 1000 classes (ImageNet labels)."""
-    from pipeline import build
+    from pipeline.stages import build
 
     return build.build_model(build.BuildConfig(alpha=0.35, resolution=96, weights="random", seed=0))
 
 
 @pytest.fixture(scope="session")
 def small_calibration(small_built, image_folder):
-    from pipeline import calibrate
-    from pipeline.preprocess import Preprocessing
+    from pipeline.stages import calibrate
+    from pipeline.stages.preprocess import Preprocessing
 
     cfg = calibrate.CalibrationConfig(directory=str(image_folder), samples=16, seed=0)
     return calibrate.representative_dataset(cfg, Preprocessing(resolution=96))
@@ -125,14 +132,14 @@ def small_calibration(small_built, image_folder):
 
 @pytest.fixture(scope="session")
 def small_int8(small_built, small_calibration):
-    from pipeline import convert
+    from pipeline.stages import convert
 
     return convert.convert(small_built, small_calibration.arrays, convert.ConvertConfig("int8"))
 
 
 @pytest.fixture(scope="session")
 def small_float(small_built):
-    from pipeline import convert
+    from pipeline.stages import convert
 
     return convert.convert(small_built, None, convert.ConvertConfig("none"))
 
@@ -173,6 +180,17 @@ def imagenet_float_io_export(keras_home, tmp_path_factory):
                                 "--eval-samples", "400")
 
 
+@pytest.fixture(scope="session")
+def task_library():
+    """pipeline.device.task_library, its environment made (skips, with the command, without it)."""
+    from pipeline.device import task_library
+
+    if task_library.env_python() is None:
+        pytest.skip(f"no Task Library environment at {task_library.env_dir()}: "
+                    "python -m pipeline.device.task_library --create makes it")
+    return task_library
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
     # pytest.ini runs the suite on 2 pytest-xdist workers; benchmarks (-m bench) measure time and
@@ -181,3 +199,68 @@ def pytest_cmdline_main(config):
     if "bench" in markexpr and "not bench" not in markexpr and hasattr(config.option, "numprocesses"):
         config.option.numprocesses = 0
         config.option.dist = "no"
+
+
+# --- Skips that cannot hide ----------------------------------------------------------------------
+# Every skip is listed with its reason at the end of a run. Under CI=true, a skip that is not on
+# tests/expected_skips.txt (a short, committed list, each entry with why CI may skip it) fails the
+# run: a missing dependency, interpreter or right cannot quietly shrink what a green run covers.
+EXPECTED_SKIPS = Path(os.environ.get("PIPELINE_EXPECTED_SKIPS") or REPO / "tests" / "expected_skips.txt")
+
+
+def expected_skips(path=EXPECTED_SKIPS):
+    """[(test id pattern, why)] from the committed list."""
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern, separator, why = (part.strip() for part in line.partition("|"))
+        if not separator or not pattern or not why:
+            raise ValueError(f"{path}:{number}: write `test id pattern | why CI may skip it`")
+        entries.append((pattern, why))
+    return entries
+
+
+def skip_reason(report):
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def unexpected_skips(reports, allowed):
+    """The skipped (not xfailed) reports whose test id matches no allowed pattern."""
+    import fnmatch
+
+    return [r for r in reports if not hasattr(r, "wasxfail")
+            and not any(fnmatch.fnmatchcase(r.nodeid, pattern) for pattern, _ in allowed)]
+
+
+def _skipped(config):
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reports = reporter.stats.get("skipped", []) if reporter is not None else []
+    return [r for r in reports if not hasattr(r, "wasxfail")]
+
+
+REFUSED_SKIPS = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Before the terminal summary is printed (the reporter prints it after every sessionfinish).
+    if hasattr(session.config, "workerinput") or os.environ.get("CI") != "true":
+        return
+    REFUSED_SKIPS[:] = unexpected_skips(_skipped(session.config), expected_skips())
+    if REFUSED_SKIPS and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput"):
+        return
+    skipped = _skipped(config)
+    terminalreporter.section(f"skips ({len(skipped)})")
+    for report in skipped:
+        terminalreporter.line(f"SKIPPED {report.nodeid}: {skip_reason(report)}")
+    for report in REFUSED_SKIPS:
+        terminalreporter.line(f"✗ not an expected CI skip (tests/expected_skips.txt): "
+                              f"{report.nodeid}: {skip_reason(report)}", red=True)

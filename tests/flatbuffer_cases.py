@@ -21,23 +21,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _readers(path, data, cases):
-    from pipeline import convert, deploy, inspect, metadata, predict
+    from pipeline.core import tflite
+    from pipeline.stages import deploy, inspection as inspect, metadata, predict
 
     files = {"model.tflite": data, "labels.txt": (cases / "labels.txt").read_bytes(),
              "model_config.json": (cases / "model_config.json").read_bytes()}
     return [
-        ("inspect.read_model", lambda: inspect.read_model(path)),
+        ("tflite.read_model", lambda: tflite.read_model(path)),
         ("inspect.contract", lambda: inspect.contract(data, where=str(path))),
         ("metadata.read_metadata", lambda: metadata.read_metadata(data, str(path))),
-        ("convert.read_ops", lambda: convert.read_ops(data, str(path))),
-        ("convert.output_kind", lambda: convert.output_kind(data)),
+        ("tflite.read_ops", lambda: tflite.read_ops(data, str(path))),
+        ("tflite.output_kind", lambda: tflite.output_kind(data)),
         ("predict.load_classifier", lambda: predict.load_classifier(path)),
         ("deploy.check_files", lambda: deploy.check_files(files, cases)),
     ]
 
 
 def main(cases, results, first=None):
-    from pipeline.errors import PipelineInputError
+    from pipeline.core.errors import PipelineInputError
 
     paths = sorted(cases.glob("*.tflite"))
     if first is not None:

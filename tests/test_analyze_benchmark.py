@@ -1,9 +1,12 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from pipeline import analyze, benchmark, device_runner
+from pipeline.core import tflite
+from pipeline.device import runner as device_runner
+from pipeline.stages import analyze, benchmark
 from tests.conftest import SHARED, run_cli
 
 GOOGLE = SHARED / "reference-models" / "google"
@@ -51,11 +54,10 @@ def test_layer_macs_of_known_layers():
 
 
 def test_flatbuffer_macs_agree_with_the_keras_graph(small_int8, small_float):
-    from pipeline import convert
 
     # Read from the .tflite (what the gate compares), the same work as analyze reads from Keras, and
     # the same for every quantization of the network.
-    assert small_int8.macs == small_float.macs == convert.model_macs(small_int8.tflite)
+    assert small_int8.macs == small_float.macs == tflite.model_macs(small_int8.tflite)
     assert small_int8.macs == pytest.approx(analyze.analyze(0.35, 96)["macs"], rel=0.01)
 
 
@@ -192,21 +194,21 @@ def test_benchmark_cli_compares_with_googles_releases(small_int8, tmp_path):
     assert missing.returncode == 2 and "no such model file" in missing.stderr
 
 
-PY38 = sorted(Path.home().glob(".pyenv/versions/3.8.*/bin/python"))
+# Made by .ci/legacy_runtime_env.sh (it needs the package index; a test never installs anything).
+LEGACY_ENV = Path(os.environ.get("TFLITE_LEGACY_RUNTIME_ENV")
+                  or Path.home() / ".cache" / "tflite-pipeline-py38-tflite-runtime")
 
 
-@pytest.mark.skipif(not PY38, reason="no Python 3.8 interpreter (pyenv) on this machine")
+@pytest.mark.skipif(not (LEGACY_ENV / "ready").is_file(),
+                    reason=f"no Python 3.8 + tflite-runtime environment at {LEGACY_ENV}: "
+                           "bash .ci/legacy_runtime_env.sh makes it")
 def test_device_runner_runs_on_python38_with_the_retired_tflite_runtime(small_int8, tmp_path):
     """A board with an old Python and only tflite-runtime: the runner still works, and reports
     honestly that this runtime's default delegate did not take the int8 graph (it takes only the
     float32 softmax head)."""
     import subprocess
 
-    env_dir = tmp_path / "py38"
-    subprocess.run([str(PY38[-1]), "-m", "venv", str(env_dir)], check=True)
-    python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<2", "tflite-runtime==2.14.0"],
-                   check=True, capture_output=True)
+    python = LEGACY_ENV / "bin" / "python"
     model = tmp_path / "m.tflite"
     model.write_bytes(small_int8.tflite)
     output = subprocess.run([str(python), device_runner.__file__, str(model), "--threads", "1",
@@ -229,8 +231,8 @@ def test_int8_speed_against_float_and_googles_release(tmp_path):
     if not (GOOGLE.is_dir() and WEIGHTS_DIR.is_dir()):
         pytest.skip("needs ../shared")
     isa = device_runner.device_facts()["isa"]
-    from pipeline import build, calibrate, convert
-    from pipeline.preprocess import Preprocessing
+    from pipeline.stages import build, calibrate, convert
+    from pipeline.stages.preprocess import Preprocessing
 
     built = build.build_model(build.BuildConfig())
     calibration = calibrate.representative_dataset(
@@ -258,8 +260,8 @@ def test_probabilities_head_costs_next_to_nothing(tmp_path):
 
     if not WEIGHTS_DIR.is_dir():
         pytest.skip("needs ../shared")
-    from pipeline import build, calibrate, convert
-    from pipeline.preprocess import Preprocessing
+    from pipeline.stages import build, calibrate, convert
+    from pipeline.stages.preprocess import Preprocessing
 
     built = build.build_model(build.BuildConfig())
     arrays = calibrate.representative_dataset(
@@ -273,3 +275,38 @@ def test_probabilities_head_costs_next_to_nothing(tmp_path):
         median = {row["model"]: row["median_ms"]
                   for row in benchmark.host_benchmark(order, threads=(1,), runs=200)["latency"]}
         assert median["probabilities.tflite"] / median["logits.tflite"] <= 1.02, median
+
+
+def test_a_delegate_that_loads_but_takes_no_op_is_reported_as_such(small_int8, tmp_path):
+    """Loading a delegate is not delegating to it: each delegate's share of the ops is counted on
+    the graph after delegation. A real external delegate (compiled here; its Prepare claims no
+    node) takes 0 ops and XNNPACK the rest, and the runner says so."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler, "needs a C compiler (Debian's gcc) to build the test delegate"
+    library = tmp_path / "libnoop_delegate.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library),
+                    str(REPO / "tests" / "noop_delegate.c")], check=True)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(small_int8.tflite)
+    done = subprocess.run([sys.executable, device_runner.__file__, str(model), "--threads", "1",
+                           "--runs", "3", "--delegate-library", str(library)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    delegate = report["runtime"]["delegate"]
+    assert delegate["loaded"] is True
+    assert delegate["note"] == "loaded, but took no op: every op ran on XNNPACK or the CPU kernels"
+    shares = {d["delegate"]: d["ops"] for d in delegate["delegates"]}
+    assert shares["libnoop_delegate.so"] == 0
+    assert shares["XNNPACK"] == delegate["ops"] - delegate["ops_on_cpu_kernels"] > 0
+    assert report["latency"][0]["delegates"] == delegate["delegates"]
+    # Without the default delegate, nothing is delegated at all.
+    alone = device_runner.delegate_shares(device_runner.load_runtime()[2], small_int8.tflite,
+                                          xnnpack=False)
+    assert alone["delegates"] == [] and alone["ops_on_cpu_kernels"] == alone["ops"]

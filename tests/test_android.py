@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import deploy, golden, report
-from pipeline.errors import PipelineInputError
-from pipeline.preprocess import Preprocessing
+from pipeline.stages import deploy, golden, report
+from pipeline.core.errors import PipelineInputError
+from pipeline.stages.preprocess import Preprocessing
 from tests.conftest import REPO, SHARED, run_cli
 
 APP = REPO / "android_demo"

@@ -3,7 +3,6 @@ leave a mix of two runs. Real processes, real signals, a real (tmpfs) full disk.
 
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import artifacts
-from pipeline.errors import PipelineInputError
+from pipeline.core import artifacts
+from pipeline.core.errors import PipelineInputError
 from tests.conftest import REPO
 
 
@@ -110,7 +109,7 @@ def test_check_writable_refuses_files_and_unwritable_places(tmp_path):
 _KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from pipeline import artifacts
+    from pipeline.core import artifacts
 
     out, step = sys.argv[1], sys.argv[2]
     new = {f"file{i}.txt": f"new {i}\\n" * 1000 for i in range(6)}
@@ -159,7 +158,7 @@ def test_sigkill_at_any_step_leaves_one_whole_set_and_the_next_write_cleans_up(t
 def test_a_killed_single_file_write_is_cleaned_up_by_the_next(tmp_path):
     target = tmp_path / "baseline.json"
     artifacts.write_files_atomically(target, {"": "old"})
-    script = ("import os, signal, sys; from pipeline import artifacts; "
+    script = ("import os, signal, sys; from pipeline.core import artifacts; "
               "artifacts.os.replace = lambda a, b: os.kill(os.getpid(), signal.SIGKILL); "
               "artifacts.write_files_atomically(sys.argv[1], {'': 'new'})")
     killed = subprocess.run([sys.executable, "-c", script, str(target)], cwd=REPO, timeout=60)
@@ -185,7 +184,7 @@ def test_a_live_writers_staging_folder_is_not_removed(tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys
-    from pipeline import artifacts
+    from pipeline.core import artifacts
 
     out, tag = sys.argv[1], sys.argv[2]
     for round in range(25):

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from pipeline import build
-from pipeline.errors import PipelineInputError
-from tests.conftest import SHARED, WEIGHTS_DIR, needs_shared
+from pipeline.core.files import file_sha256
+from pipeline.stages import build
+from pipeline.core.errors import PipelineInputError
+from tests.conftest import NO_NETWORK, SHARED, WEIGHTS_DIR, needs_shared
 
 
 def test_small_model_outputs_logits_with_imagenet_labels(small_built):
@@ -67,7 +68,7 @@ def saved_weights(small_built, tmp_path_factory):
 def test_weights_files_load_in_every_format(saved_weights, small_built, name):
     built = build.build_model(build.BuildConfig(
         alpha=0.35, resolution=96, weights=str(saved_weights / name)))
-    assert built.weights_sha256 == build.file_sha256(saved_weights / name)
+    assert built.weights_sha256 == file_sha256(saved_weights / name)
     for loaded, original in zip(built.keras_model.get_weights(), small_built.keras_model.get_weights()):
         np.testing.assert_array_equal(loaded, original)
 
@@ -143,13 +144,15 @@ def test_labels_file_must_match_the_head(tmp_path, small_built):
 def test_imagenet_weights_come_from_keras_cache(keras_home):
     built = build.build_model(build.BuildConfig())
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5" in built.weights_source
-    assert built.weights_sha256 == build.file_sha256(
+    assert built.weights_sha256 == file_sha256(
         WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5")
     # Published MobileNetV2 1.0/224: 3.4M parameters (3.5M with the 1000-way classifier).
     assert 3.4e6 < built.architecture["params"] < 3.6e6
 
 
-def test_imagenet_weights_offline_without_cache_fail_clearly():
-    # 0.5/128 is not in the test KERAS_HOME, and nothing may download here.
+def test_imagenet_weights_offline_without_cache_fail_clearly(monkeypatch):
+    # 0.5/128 is not in the test KERAS_HOME, and the download goes nowhere, network or not.
+    for name, value in NO_NETWORK.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(PipelineInputError, match=r"not cached and could not be downloaded"):
         build.build_model(build.BuildConfig(alpha=0.5, resolution=128))

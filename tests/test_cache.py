@@ -3,13 +3,13 @@ uncached ones, calibration of the float .tflite identical to the converter's own
 identical to in-process parity."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from pipeline import cache, convert, verify
-from pipeline.preprocess import Preprocessing
+from pipeline.core import cache
+from pipeline.stages import convert, evalset, parity_metrics, parity_workers, verify
+from pipeline.stages.preprocess import Preprocessing
 from tests.conftest import make_images, run_cli
 
 SMALL = ["--alpha", "0.35", "--resolution", "96", "--weights", "random", "--seed", "0"]
@@ -115,17 +115,17 @@ def test_cached_calibration_and_float_model_give_the_same_int8_model(small_built
 
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
-    # More than verify.MIN_IMAGES_FOR_WORKERS, so parity runs in worker processes.
+    # More than parity_workers.MIN_IMAGES_FOR_WORKERS, so parity runs in worker processes.
     return make_images(tmp_path_factory.mktemp("many"), classes=("n01440764", "n02102040"),
                        per_class=150, size=(100, 100), seed=3)
 
 
 def test_parity_in_worker_processes_equals_parity_in_this_one(small_built, small_float, small_int8,
                                                               many_images):
-    from pipeline.device_runner import Runner, load_runtime
+    from pipeline.device.runner import Runner, load_runtime
 
-    eval_set = verify.eval_set_from_folder(many_images, small_built)
-    assert len(eval_set.paths) >= verify.MIN_IMAGES_FOR_WORKERS
+    eval_set = evalset.eval_set_from_folder(many_images, small_built)
+    assert len(eval_set.paths) >= parity_workers.MIN_IMAGES_FOR_WORKERS
     spec = Preprocessing(resolution=96)
     parallel = verify.verify(small_built, small_float.tflite, small_int8.tflite, eval_set, spec,
                              threads=2)
@@ -133,12 +133,37 @@ def test_parity_in_worker_processes_equals_parity_in_this_one(small_built, small
                            threads=1)
     assert parallel.to_json() == serial.to_json()
     # And both equal what one two-threaded interpreter gives (how parity ran before workers).
-    from pipeline.preprocess import load_images
+    from pipeline.stages.preprocess import load_images
 
     arrays = load_images(eval_set.paths[:64], spec).arrays
     two_threads = Runner(load_runtime()[2], model_content=small_int8.tflite, threads=2)(arrays)
-    outputs = verify.ParityWorkers(1).submit(small_int8.tflite, eval_set.paths[:64], spec)()
-    assert np.array_equal(verify.as_logits(two_threads, "probabilities"), outputs.logits)
+    outputs = parity_workers.ParityWorkers(1).submit(small_int8.tflite, eval_set.paths[:64], spec)()
+    assert np.array_equal(parity_metrics.as_logits(two_threads, "probabilities"), outputs.logits)
+
+
+def test_a_cached_float_reference_serves_the_same_images_in_another_folder(small_built, small_float,
+                                                                           small_int8, image_folder,
+                                                                           tmp_path):
+    """The float half is keyed by the images' names and contents, not their folder: the same images
+    elsewhere (a copy) hit the entry, and parity is reported with the paths of the set at hand."""
+    import shutil
+
+    from pipeline.core.cache import Cache
+
+    store = Cache(tmp_path / "cache")
+    spec = Preprocessing(resolution=96)
+    flat = tmp_path / "images"  # unlabelled: the fixture's class names are no ImageNet labels
+    flat.mkdir()
+    for image in sorted(image_folder.rglob("*.jpg")):
+        shutil.copy(image, flat / f"{image.parent.name}_{image.name}")
+    here = evalset.eval_set_from_folder(flat, small_built)
+    copy = evalset.eval_set_from_folder(shutil.copytree(flat, tmp_path / "copy"), small_built)
+    first = verify.verify(small_built, small_float.tflite, small_int8.tflite, here, spec, store=store)
+    again = verify.verify(small_built, small_float.tflite, small_int8.tflite, copy, spec, store=store)
+    assert ("float-reference", "hit") in {(e["kind"], e["state"]) for e in store.summary()["entries"]}
+    assert again.per_image.images == first.per_image.images
+    assert {**again.to_json(), "source": None} == {**first.to_json(), "source": None}
+    assert again.to_json()["source"].startswith(str(tmp_path / "copy"))
 
 
 def _numbers(report):

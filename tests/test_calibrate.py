@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import calibrate
-from pipeline.calibrate import (
+from pipeline.stages import calibrate
+from pipeline.core.files import files_sha256
+from pipeline.stages.calibrate import (
     CalibrationConfig,
-    files_sha256,
     representative_dataset,
     sample_files,
     scan_images,
     stratified_order,
 )
-from pipeline.errors import PipelineInputError
-from pipeline.preprocess import Preprocessing, preprocess
+from pipeline.core.errors import PipelineInputError
+from pipeline.stages.preprocess import Preprocessing, preprocess
 
 SPEC = Preprocessing(resolution=96)
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 from PIL import Image
 
-from pipeline import check
+from pipeline.stages import check
 from tests.conftest import IMAGENETTE, SHARED, WEIGHTS_DIR, run_cli
 from tests.test_gate import REPORT, _churn, _per_image
 

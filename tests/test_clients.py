@@ -31,10 +31,10 @@ def _mediapipe_results(model_path, images):
 
 def _ours(model_path, images, spec):
     """The pipeline interpreter's probabilities on the same pixels (through its preprocessing)."""
-    from pipeline.convert import output_kind
-    from pipeline.device_runner import Runner, load_runtime
-    from pipeline.predict import probabilities
-    from pipeline.preprocess import normalize
+    from pipeline.core.tflite import output_kind
+    from pipeline.device.runner import Runner, load_runtime
+    from pipeline.stages.predict import probabilities
+    from pipeline.stages.preprocess import normalize
 
     model = model_path.read_bytes()
     _, _, module = load_runtime()
@@ -43,7 +43,7 @@ def _ours(model_path, images, spec):
 
 
 def _framed(paths, spec):
-    from pipeline.preprocess import pixels
+    from pipeline.stages.preprocess import pixels
 
     return np.stack([pixels(p, spec) for p in paths])
 
@@ -62,7 +62,7 @@ def _assert_same_as_ours(mediapipe, ours, labels, k=5):
 
 
 def _config_spec(out):
-    from pipeline.predict import _spec_from_config
+    from pipeline.stages.predict import _spec_from_config
 
     return _spec_from_config(json.loads((out / "model_config.json").read_text()), "config")
 
@@ -77,9 +77,11 @@ def test_mediapipe_takes_the_224_export_as_it_is(which, request):
     images = _framed(val + photos, spec)
     mediapipe = _mediapipe_results(out / "model.tflite", images)
     _assert_same_as_ours(mediapipe, _ours(out / "model.tflite", images, spec), labels)
-    # The export checked the same client itself and says so in its report.
-    row = next(r for r in report["clients"]["checked"] if r["client"].startswith("MediaPipe"))
-    assert row["ok"] and row["top1_matches"] == row["images"] > 0
+    # The export checked the same client itself and says so in its report; so it did with the
+    # Task Library (its own environment) and a plain LiteRT Interpreter fed the model's own input.
+    for client in ("MediaPipe", "TFLite Task Library", "LiteRT Interpreter"):
+        row = next(r for r in report["clients"]["checked"] if r["client"].startswith(client))
+        assert row["ok"] and row["top1_matches"] == row["images"] > 0, row
     config = json.loads((out / "model_config.json").read_text())
     assert config["output"]["meaning"] == "probabilities" and config["output"]["dtype"] == "float32"
 
@@ -87,8 +89,8 @@ def test_mediapipe_takes_the_224_export_as_it_is(which, request):
 def test_raw_bytes_are_the_default_exports_input(imagenet_export):
     """Feeding the camera's RGB bytes (what MediaPipe does) and feeding the pipeline's
     preprocessing give identical input tensors, so report.json's parity is that input's."""
-    from pipeline.device_runner import quantize_input
-    from pipeline.preprocess import normalize
+    from pipeline.device.runner import quantize_input
+    from pipeline.stages.preprocess import normalize
 
     out, report = imagenet_export
     config = json.loads((out / "model_config.json").read_text())
@@ -126,6 +128,30 @@ def test_mediapipe_names_custom_classes_from_the_model_alone(custom_export):
                          ["daisy", "rose", "tulip"], k=3)
 
 
+@pytest.mark.parametrize("which", ["imagenet_export", "custom_export"])
+def test_the_task_library_names_and_scores_every_export_as_ours(which, task_library, request, tmp_path):
+    """The TFLite Task Library's ImageClassifier, default options, in its own environment: the
+    model's label names from its metadata, probabilities as scores, our top-1."""
+    from pipeline.stages import clients
+
+    out = request.getfixturevalue(which)[0]
+    spec = _config_spec(out)
+    labels = (out / "labels.txt").read_text().splitlines()
+    folder = IMAGENETTE / "val" if which == "imagenet_export" else request.getfixturevalue(which)[1]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg"))[::7][:24]
+    images = _framed(paths, spec)
+    ours = _ours(out / "model.tflite", images, spec)
+    model = (out / "model.tflite").read_bytes()
+    row = clients.task_library_image_classifier(model, images, np.log(np.maximum(ours, 1e-38)), tmp_path)
+    assert row["client"].startswith("TFLite Task Library ImageClassifier (tflite-support 0.4.4)")
+    assert row["ok"] and row["top1_matches"] == len(paths), row
+    assert row["category_names"] and row["scores_are_probabilities"], row
+    assert row["detail"].split(": ", 1)[1].rsplit(" ", 1)[0] in labels
+    report = json.loads((out / "report.json").read_text())
+    checked = next(r for r in report["clients"]["checked"] if r["client"].startswith("TFLite Task"))
+    assert checked["ok"], checked
+
+
 def test_predict_reads_everything_from_the_model_file_alone(custom_export, tmp_path):
     out, images = custom_export
     image = sorted(images.rglob("*.jpg"))[0]
@@ -160,7 +186,7 @@ def test_inspect_prints_the_contract(custom_export):
 
 
 def test_inspect_says_what_a_client_refuses(tmp_path, small_built, small_calibration):
-    from pipeline import convert
+    from pipeline.stages import convert
 
     # --io int8 with the logits head: an int8 output, which MediaPipe refuses.
     model = convert.convert(small_built, small_calibration.arrays[:4],
@@ -195,3 +221,24 @@ def test_predict_refuses_an_image_it_cannot_decode(custom_export, tmp_path):
     result = run_cli("predict", out, bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is not an image Pillow can decode" in result.stderr and str(bad) in result.stderr
+
+
+def test_predict_on_a_folder_takes_its_images_and_names_what_it_skipped(custom_export, tmp_path):
+    """As calibration takes a folder: its images (recursively), the rest skipped and named; a
+    file named on its own that is no image is still refused in one line."""
+    import shutil
+
+    out, images = custom_export
+    folder = tmp_path / "photos"
+    shutil.copytree(images, folder)
+    (folder / "COPYRIGHT").write_text("photos: CC BY")
+    (folder / "rose" / "broken.jpg").write_bytes(b"not a jpeg")
+    result = run_cli("predict", out, folder, "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    taken = [line.split("  (")[0] for line in result.stdout.splitlines() if line.startswith(str(folder))]
+    assert sorted(taken) == sorted(str(folder / p.relative_to(images)) for p in images.rglob("*.jpg"))
+    assert len(taken) == 18
+    assert f"– skipped {folder / 'COPYRIGHT'}: not an image file" in result.stdout
+    assert f"– skipped {folder / 'rose' / 'broken.jpg'}: " in result.stdout
+    alone = run_cli("predict", out, folder / "COPYRIGHT")
+    assert alone.returncode == 2 and alone.stderr.startswith("error: ") and "Traceback" not in alone.stderr

@@ -1,12 +1,12 @@
 import numpy as np
 
-from pipeline import compare
+from pipeline.stages import compare
 
 
 def test_peak_activation_memory_of_a_known_graph():
     import keras
 
-    from pipeline import convert
+    from pipeline.stages import convert
 
     inputs = keras.Input((8, 8, 4))
     a = keras.layers.Conv2D(16, 1, use_bias=False)(inputs)  # 8*8*16*4 = 4096 bytes

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline import convert, ranges
-from pipeline.errors import PipelineInputError
+from pipeline.core import tflite
+from pipeline.stages import convert, litert, ranges
+from pipeline.core.errors import PipelineInputError
 
 
 def _activation_dtypes(converted):
@@ -16,7 +17,7 @@ def test_int8_is_full_integer_with_per_channel_weights(small_int8, small_float):
     # has the same), on which x = (p − 127)/127.5 is exactly the pixel byte.
     assert small_int8.input.scale == np.float32(1 / 127.5) and small_int8.input.zero_point == 127
     weighted = small_int8.weighted_ops
-    counts = {op: sum(w["op"] == op for w in weighted) for op in convert.WEIGHTED_OPS}
+    counts = {op: sum(w["op"] == op for w in weighted) for op in tflite.WEIGHTED_OPS}
     # 35 convolutions (stem, 16 expansions, 17 projections, head), 17 depthwise, 1 classifier.
     assert counts == {"CONV_2D": 35, "DEPTHWISE_CONV_2D": 17, "FULLY_CONNECTED": 1}
     assert all(w["weight_dtype"] == "int8" and w["activation_dtype"] == "int8" and w["per_channel"]
@@ -25,7 +26,7 @@ def test_int8_is_full_integer_with_per_channel_weights(small_int8, small_float):
     # the int8 logits are dequantized into a float32 SOFTMAX.
     assert _activation_dtypes(small_int8) == {"int8", "uint8", "float32"}
     assert small_int8.ops["SOFTMAX[float32]"] == 1 and small_int8.ops["DEQUANTIZE[int8]"] == 1
-    assert convert.output_kind(small_int8.tflite) == "probabilities"
+    assert tflite.output_kind(small_int8.tflite) == "probabilities"
     assert small_int8.size_bytes < small_float.size_bytes / 3
 
 
@@ -41,15 +42,15 @@ def test_logits_head_keeps_todays_model(small_built, small_calibration):
     cfg = convert.ConvertConfig("int8", head="logits")
     converted = convert.convert(small_built, small_calibration.arrays[:4], cfg)
     assert converted.output.dtype == "uint8" and converted.output.scale
-    assert convert.output_kind(converted.tflite) == "logits"
+    assert tflite.output_kind(converted.tflite) == "logits"
     assert _activation_dtypes(converted) == {"int8", "uint8"}
 
 
 def test_probabilities_head_is_softmax_of_the_logits_head(small_built, small_calibration):
     """Both heads come from the same calibration: the deployed probabilities are exactly the
     softmax of the logits model's dequantized output (so parity measured on either is the same)."""
-    from pipeline.device_runner import Runner, load_runtime
-    from pipeline.verify import as_logits, log_softmax
+    from pipeline.device.runner import Runner, load_runtime
+    from pipeline.stages.parity_metrics import as_logits, log_softmax
 
     arrays = small_calibration.arrays[:4]
     logits = convert.convert(small_built, arrays, convert.ConvertConfig("int8", head="logits"))
@@ -158,11 +159,11 @@ def test_litert_quantizer_backend_gives_full_int8(small_built, small_calibration
 
 
 def test_litert_recipe_is_the_packaged_one_with_the_algorithm():
-    recipe = convert.litert_recipe(convert.ConvertConfig("int8", backend="litert-quantizer",
+    recipe = litert.recipe(convert.ConvertConfig("int8", backend="litert-quantizer",
                                                          algorithm="octav"))
     assert recipe[0]["algorithm_key"] == "OCTAV"
     assert recipe[0]["op_config"]["weight_tensor_config"]["granularity"] == "CHANNELWISE"
-    a16 = convert.litert_recipe(convert.ConvertConfig("int16x8", backend="litert-quantizer"))
+    a16 = litert.recipe(convert.ConvertConfig("int16x8", backend="litert-quantizer"))
     assert a16[0]["op_config"]["activation_tensor_config"]["num_bits"] == 16
 
 

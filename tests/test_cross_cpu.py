@@ -41,8 +41,8 @@ def make_models(model_path, calibration_dir, out_dir):
     convert, selective quantization, metadata), each written to out_dir."""
     import dataclasses
 
-    from pipeline import build, calibrate, convert, metadata
-    from pipeline.preprocess import Preprocessing
+    from pipeline.stages import build, calibrate, convert, metadata
+    from pipeline.stages.preprocess import Preprocessing
 
     built = build.build_model(build.BuildConfig(model_path=str(model_path)))
     spec = Preprocessing(resolution=built.resolution)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pipeline import build, calibrate, convert, diagnose
-from pipeline.preprocess import Preprocessing
+from pipeline.stages import build, calibrate, convert, diagnose
+from pipeline.stages.preprocess import Preprocessing
 from tests.conftest import IMAGENETTE, WEIGHTS_DIR, run_cli
 
 WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"

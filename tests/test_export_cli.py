@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, make_images, run_cli
+from tests.conftest import NO_NETWORK, REPO, make_images, run_cli
 
 SMALL = ["--alpha", "0.35", "--resolution", "96", "--weights", "random", "--seed", "0"]
 ARTIFACTS = {"model.tflite", "labels.txt", "model_config.json", "report.json", "report.md",
@@ -24,7 +24,7 @@ def _digest(folder):
 
 @pytest.fixture(scope="module")
 def calibration_folder(tmp_path_factory):
-    from pipeline import calibrate
+    from pipeline.stages import calibrate
 
     root = make_images(tmp_path_factory.mktemp("cal"), per_class=15)
     # Truncate one image that the seed-0 draw of 20 takes, so the export must skip and replace it.
@@ -50,7 +50,9 @@ def test_export_writes_every_artifact(small_export):
     assert "Traceback" not in result.stderr
     # The clients it was checked with, one line each.
     assert "✓ MediaPipe Tasks ImageClassifier (mediapipe " in result.stdout
-    assert "✓ Android demo app (android_demo/)" in result.stdout
+    assert "✓ Android demo app contract (model_config.json, labels.txt, model)" in result.stdout
+    assert "✓ TFLite Task Library ImageClassifier (tflite-support 0.4.4): top-1 as ours" in result.stdout
+    assert "✓ LiteRT Interpreter (ai-edge-litert " in result.stdout
     labels = (out / "labels.txt").read_text().splitlines()
     assert len(labels) == 1000 and labels[0] == "tench"
 
@@ -99,7 +101,8 @@ def test_report_holds_the_promised_fields(small_export, calibration_folder):
     clients = {row["client"].split(" (")[0]: row for row in report["clients"]["checked"]}
     assert clients["MediaPipe Tasks ImageClassifier"]["ok"] is True
     assert clients["MediaPipe Tasks ImageClassifier"]["category_names"] is True
-    assert clients["Android demo app"]["ok"] is True
+    assert clients["Android demo app contract"]["ok"] is True
+    assert clients["LiteRT Interpreter"]["top1_matches"] == clients["LiteRT Interpreter"]["images"]
     assert "region_of_interest" in report["clients"]["framing"]
     assert "## Clients" in (out / "report.md").read_text()
     assert set(report["float"]) == {"top1", "top5"} and set(report["tflite"]) == {"top1", "top5"}
@@ -273,7 +276,7 @@ def test_weights_for_another_alpha_exit_2(tmp_path, small_built, calibration_fol
 def test_imagenet_offline_without_cache_exit_2(tmp_path, calibration_folder):
     out = tmp_path / "out"
     result = run_cli("export", "--weights", "imagenet", "--calibration", calibration_folder[0],
-                     "--output", out, env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
+                     "--output", out, env={"KERAS_HOME": str(tmp_path / "empty_keras_home"), **NO_NETWORK})
     _assert_bad_input(result, "not cached and could not be downloaded", "KERAS_HOME", out=out)
 
 
@@ -385,7 +388,7 @@ def test_disk_full_while_writing_artifacts_leaves_the_previous_set(small_export,
 # "report…" line once let a fast machine finish the whole commit before the signal came.
 _KILLED_EXPORT = """
 import os, runpy, signal, sys
-from pipeline import artifacts
+from pipeline.core import artifacts
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 when = sys.argv.pop(1)
 if when == "staging":
@@ -444,3 +447,31 @@ def test_a_full_temporary_disk_is_one_line_not_a_converter_traceback(tmp_path):
         out = tmp_path / "model.tflite"
         result = run_cli("convert", *SMALL, "--quantize", "none", "--out", out, env={"TMPDIR": str(tmp)})
         _assert_bad_input(result, "ran out of temporary space", str(tmp), "TMPDIR", out=out)
+
+
+def test_the_api_exports_twice_in_one_process_with_the_bytes_of_the_command_line(
+        small_export, calibration_folder, tmp_path):
+    """`api.export` is the command without flags: two exports with different settings in this
+    process, each byte-identical to its command line; bad input is a typed error, nothing written."""
+    from pipeline import api
+    from pipeline.core.errors import PipelineInputError
+
+    cli_default, _ = small_export
+    cli_percentile = tmp_path / "cli_percentile"
+    result = run_cli("export", *SMALL, "--calibration", calibration_folder[0],
+                     "--calibration-samples", "20", "--activation-ranges", "percentile",
+                     "--output", cli_percentile)
+    assert result.returncode == 0, result.stderr[-2000:]
+    common = dict(alpha=0.35, resolution=96, weights="random", seed=0,
+                  calibration=str(calibration_folder[0]), calibration_samples=20)
+    percentile = api.export(**common, activation_ranges="percentile", output=str(tmp_path / "p"))
+    default = api.export(**common, output=str(tmp_path / "d"))
+    assert (tmp_path / "p" / "model.tflite").read_bytes() == (cli_percentile / "model.tflite").read_bytes()
+    assert (tmp_path / "d" / "model.tflite").read_bytes() == (cli_default / "model.tflite").read_bytes()
+    assert percentile.model != default.model and default.passed
+    assert default.report["agreement_top1"] == json.loads((cli_default / "report.json").read_text())["agreement_top1"]
+    with pytest.raises(PipelineInputError, match="--calibration-samples"):
+        api.export(**{**common, "calibration_samples": 0}, output=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(PipelineInputError, match="export has no setting 'no_such_flag'"):
+        api.export(no_such_flag=1)

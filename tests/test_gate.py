@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 
-from pipeline import gate
-from pipeline.errors import PipelineInputError
-from pipeline.verify import PerImage
+from pipeline.stages import gate
+from pipeline.core.errors import PipelineInputError
+from pipeline.stages.verify import PerImage
 
 VNNI = {"machine": "x86_64", "cpu_model": "AMD EPYC", "cpu_count": 2, "machine_class": "x86_64/avx512_vnni",
         "isa": ["avx512_vnni", "avx512bw", "avx512f", "avx2"]}

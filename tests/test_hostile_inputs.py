@@ -518,7 +518,7 @@ def test_export_folders_with_bad_labels_configs_and_baselines(corpus, export):
 
 def _check_cases(corpus, export):
     """check: baselines and reports that are not JSON, miss keys or hold NaN."""
-    from pipeline import check
+    from pipeline.stages import check
 
     root = corpus["root"] / "check"
     root.mkdir()

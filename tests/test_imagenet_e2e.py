@@ -2,10 +2,12 @@
 KERAS_HOME (no network), calibration on Imagenette's calib split, parity on all 3,925 val images."""
 
 import json
+import os
+import re
 
 import pytest
 
-from tests.conftest import IMAGENETTE, WEIGHTS_DIR
+from tests.conftest import IMAGENETTE, REPO, WEIGHTS_DIR
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,7 +62,7 @@ def test_int8_does_the_work_of_googles_release(imagenet_export):
 def test_bench_int8_runs_like_googles_release(imagenet_export):
     """Ours / Google's int8 release of the same architecture, interleaved at 1 thread: 1.00 on
     AVX-512 VNNI and AVX2-only EPYCs alike (float32 / int8 is not: 2.0 and 0.9)."""
-    from pipeline import benchmark
+    from pipeline.stages import benchmark
     from tests.conftest import SHARED
 
     out, _ = imagenet_export
@@ -71,3 +73,31 @@ def test_bench_int8_runs_like_googles_release(imagenet_export):
           f"({result['device'].get('machine_class')})")
     assert median["model.tflite"] / median[google.name] <= 1.10, (median, result["device"])
     assert all(row["xnnpack_applied"] for row in result["latency"])
+
+
+def readme_api_example():
+    """The README's "Python API" code block, as a user copies it."""
+    readme = (REPO / "README.md").read_text()
+    found = re.search(r"<!-- README-API-EXAMPLE[^>]*-->\n```python\n(.*?)```", readme, re.S)
+    assert found, "README.md lost its Python API example"
+    return found.group(1)
+
+
+def test_readme_python_api_example_writes_the_readme_commands_model(imagenet_export, tmp_path,
+                                                                     monkeypatch, capsys):
+    """README's Python API block, run as written in a folder laid out as it assumes
+    (calibration_data/ and path/to/labelled/val/ are Imagenette's calib and val), gives the very
+    bytes of README's `python -m pipeline.export` command (the `imagenet_export` fixture)."""
+    cli_out, _ = imagenet_export
+    (tmp_path / "path" / "to" / "labelled").mkdir(parents=True)
+    os.symlink(IMAGENETTE / "calib", tmp_path / "calibration_data")
+    os.symlink(IMAGENETTE / "val", tmp_path / "path" / "to" / "labelled" / "val")
+    monkeypatch.chdir(tmp_path)
+    code = readme_api_example()
+    exec(compile(code, "README.md (Python API)", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    api_model = tmp_path / "artifacts" / "mobilenet_v2_int8" / "model.tflite"
+    assert api_model.read_bytes() == (cli_out / "model.tflite").read_bytes()
+    report = json.loads((cli_out / "report.json").read_text())
+    assert printed[0].startswith("artifacts/mobilenet_v2_int8/model.tflite: ")
+    assert printed[1] == str(report["agreement_top1"])

@@ -3,7 +3,7 @@ compiled version checker where it installs)."""
 
 import pytest
 
-from pipeline import metadata
+from pipeline.stages import metadata
 
 INFO = metadata.ModelInfo(name="MobileNetV2 test", description="a test model", version="3",
                           author="the team", license="Apache-2.0")
@@ -32,20 +32,32 @@ def test_metadata_carries_names_labels_and_normalization(labelled_model, small_b
     assert found["min_parser_version"] == "1.0.0"
 
 
-def test_metadata_is_deterministic_and_leaves_the_graph_alone(labelled_model, small_int8):
+def test_metadata_is_deterministic_and_leaves_the_graph_alone(labelled_model, small_int8, monkeypatch):
+    import io
     import time
+    import zipfile
 
-    time.sleep(2.1)  # the zip entries' clock time would differ now
-    again = metadata.write_image_classifier_metadata(
-        small_int8.tflite, INFO, [f"c{i}" for i in range(1000)], [127.0], [127.5], "RGB image, 96x96",
-        "Probabilities of the 1000 classes")
-    assert metadata.write_image_classifier_metadata(
-        small_int8.tflite, INFO, [f"c{i}" for i in range(1000)], [127.0], [127.5], "RGB image, 96x96",
-        "Probabilities of the 1000 classes") == again
+    # The writer stamps each packed file with the clock (zipfile's time.localtime): two writes at
+    # two clock times a day apart must give the same bytes, every entry at the fixed time.
+    local_time = time.localtime
+
+    def written_at(seconds):
+        monkeypatch.setattr(time, "localtime", lambda _=None: local_time(seconds))
+        try:
+            return metadata.write_image_classifier_metadata(
+                small_int8.tflite, INFO, [f"c{i}" for i in range(1000)], [127.0], [127.5],
+                "RGB image, 96x96", "Probabilities of the 1000 classes")
+        finally:
+            monkeypatch.setattr(time, "localtime", local_time)
+
+    again = written_at(1_700_000_000)
+    assert written_at(1_700_086_400) == again
+    with zipfile.ZipFile(io.BytesIO(again)) as packed:
+        assert {info.date_time for info in packed.infolist()} == {metadata.FIXED_ZIP_TIME}
     # The interpreter sees the same graph: same outputs on the same input.
     import numpy as np
 
-    from pipeline.device_runner import Runner, load_runtime
+    from pipeline.device.runner import Runner, load_runtime
 
     _, _, module = load_runtime()
     x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
@@ -151,19 +163,20 @@ def test_mediapipe_ships_its_native_metadata_version_module():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
-def test_tflite_supports_displayer_reads_it_back(labelled_model):
-    """The other maintained reader, where it imports: tflite-support's MetadataDisplayer."""
-    import contextlib
-    import io
+def test_tflite_supports_displayer_reads_it_back(labelled_model, task_library, tmp_path):
+    """The other maintained reader: tflite-support's MetadataDisplayer, in the Task Library's own
+    environment (its protobuf 3 modules do not import beside TensorFlow's)."""
     import json
+    import subprocess
 
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            from tflite_support import metadata as tflite_support_metadata
-    except Exception as error:  # noqa: BLE001 — any import failure means "not here"
-        pytest.skip(f"tflite-support's metadata module does not import here "
-                    f"({type(error).__name__}: {str(error).splitlines()[0][:120]})")
-    displayer = tflite_support_metadata.MetadataDisplayer.with_model_buffer(labelled_model)
-    found = json.loads(displayer.get_metadata_json())
-    assert found["name"] == "MobileNetV2 test"
-    assert displayer.get_packed_associated_file_list() == ["labels.txt"]
+    python = task_library.env_python()
+    model = tmp_path / "model.tflite"
+    model.write_bytes(labelled_model)
+    probe = ("import json, sys; from tflite_support import metadata; "
+             "d = metadata.MetadataDisplayer.with_model_file(sys.argv[1]); "
+             "print(json.dumps([json.loads(d.get_metadata_json()), d.get_packed_associated_file_list()]))")
+    done = subprocess.run([python, "-c", probe, str(model)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found, packed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["name"] == "MobileNetV2 test" and found["author"] == "the team"
+    assert packed == ["labels.txt"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess import (
+from pipeline.stages.preprocess import (
     IMAGE_EXTENSIONS,
     Preprocessing,
     load_images,
@@ -69,7 +69,7 @@ def test_raw_bytes_are_exactly_the_quantized_input():
     """A client that writes the camera's bytes into the uint8 input (MediaPipe, the Task Library)
     gives the model exactly the tensor the pipeline calibrated and evaluated on: q = p for every
     pixel, on the grid the export produces (scale 1/127.5 as float32, zero point 127)."""
-    from pipeline.device_runner import quantize_input
+    from pipeline.device.runner import quantize_input
 
     ramp = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
     grid = {"dtype": np.uint8, "quantization": (float(np.float32(1 / 127.5)), 127)}

@@ -30,9 +30,10 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline import build, check, deploy, inspect, predict, readers
-from pipeline.errors import PipelineInputError
-from pipeline.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, Preprocessing, load_images, preprocess
+from pipeline.core import readers, tflite
+from pipeline.stages import build, check, deploy, inspection as inspect, predict
+from pipeline.core.errors import PipelineInputError
+from pipeline.stages.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, Preprocessing, load_images, preprocess
 
 HERE = Path(__file__).resolve().parent
 CASES_SCRIPT = HERE / "flatbuffer_cases.py"
@@ -437,7 +438,7 @@ def tiny_models():
     import keras
     import tensorflow as tf
 
-    from pipeline import metadata
+    from pipeline.stages import metadata
 
     inputs = keras.Input((8, 8, 3), batch_size=1)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
@@ -550,14 +551,14 @@ def test_a_tensor_name_that_is_not_utf8_is_refused_before_litert(tiny_models, tm
     # get_output_details() and raised UnicodeDecodeError from inspect.contract.
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from pipeline.readers import parse_model
+    from pipeline.core.readers import parse_model
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tiny_models[0]))
     graph = model.subgraphs[0]
     graph.tensors[graph.outputs[0]].name = b"scores\xc3\x28"
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     path = _write(tmp_path, "bad_name.tflite", data)
-    for read in (lambda: parse_model(data, str(path)), lambda: inspect.read_model(path),
+    for read in (lambda: parse_model(data, str(path)), lambda: tflite.read_model(path),
                  lambda: inspect.contract(data, where=str(path))):
         with pytest.raises(PipelineInputError, match="not UTF-8"):
             read()
@@ -569,12 +570,11 @@ def test_a_tensor_name_that_is_not_utf8_is_refused_before_litert(tiny_models, tm
 @example(data=b"\x00\x00\x00\x00TFL3")
 def test_arbitrary_bytes_are_not_a_model(scratch, data):
     # Pure-Python readers only: nothing here reaches native code, so it runs in-process.
-    from pipeline import convert
-    from pipeline.readers import parse_model
+    from pipeline.core.readers import parse_model
 
     path = _write(scratch, "arbitrary.tflite", data)
-    for read in (lambda: inspect.read_model(path), lambda: parse_model(data, str(path)),
-                 lambda: convert.read_ops(data, str(path)), lambda: convert.output_kind(data)):
+    for read in (lambda: tflite.read_model(path), lambda: parse_model(data, str(path)),
+                 lambda: tflite.read_ops(data, str(path)), lambda: tflite.output_kind(data)):
         try:
             read()
         except PipelineInputError as error:

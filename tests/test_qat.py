@@ -4,8 +4,9 @@ converter, the whole loop seeded, and on real ImageNet weights a held-out KL bel
 import numpy as np
 import pytest
 
-from pipeline import build, calibrate, convert, fold, qat
-from pipeline.preprocess import Preprocessing
+from pipeline.core import tflite
+from pipeline.stages import build, calibrate, convert, fold, qat
+from pipeline.stages.preprocess import Preprocessing
 from tests.conftest import IMAGENETTE, WEIGHTS_DIR, make_images, move_batchnorm_statistics
 
 WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
@@ -87,7 +88,7 @@ def test_fine_tuning_is_seeded_and_judges_every_epoch_on_the_converted_model(
 
 
 def test_too_few_held_out_images_is_one_clear_error(small_built, small_calibration, small_float):
-    from pipeline.errors import PipelineInputError
+    from pipeline.core.errors import PipelineInputError
 
     with pytest.raises(PipelineInputError, match="--qat judges each epoch.*has only 8"):
         qat.fine_tune(small_built, small_calibration, Preprocessing(96), qat.QatConfig(),
@@ -134,7 +135,7 @@ def test_qat_export_on_imagenet_weights_ships_what_its_rule_chose(keras_home, tm
     shipped = (out / "model.tflite").read_bytes()
 
     def op_names(model_bytes):
-        return [name for name, _ in convert.read_ops(model_bytes)[2]]
+        return [name for name, _ in tflite.read_ops(model_bytes)[2]]
 
     assert op_names(shipped) == op_names(plain.tflite)
     # The shipped graph is plain PTQ's exactly when PTQ was kept (metadata aside: it holds the
@@ -148,7 +149,7 @@ def test_qat_export_on_imagenet_weights_ships_what_its_rule_chose(keras_home, tm
 
 def _weights_bytes(model_bytes):
     """The bytes of every constant buffer of a model (its weights and biases), in order."""
-    model, graph, _ = convert.read_ops(model_bytes)
+    model, graph, _ = tflite.read_ops(model_bytes)
     return [bytes(model.buffers[t.buffer].data) for t in graph.tensors
             if t.buffer and model.buffers[t.buffer].data is not None]
 
@@ -208,16 +209,27 @@ def test_ctrl_c_while_fine_tuning_leaves_the_previous_artifacts(tmp_path):
         [sys.executable, "-m", "pipeline.export", "--alpha", "0.35", "--resolution", "96",
          "--weights", "random", "--quantize", "int8", "--qat", "--qat-epochs", "100",
          "--calibration", str(folder), "--calibration-samples", "20", "--output", str(out)],
-        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stderr=subprocess.PIPE, text=True)
-    seen, deadline = "", time.time() + 300
-    while time.time() < deadline:
-        line = process.stderr.readline()
-        seen += line
-        if "qat…" in line or not line:
-            break
-    time.sleep(5)  # inside the first epochs (each ~3 s here)
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stderr=subprocess.PIPE)
+    # Interrupted inside fine-tuning proper: once the progress bar (`qat: k/total`, total =
+    # 100 epochs × steps) is past the first epoch's steps, epoch 1 has been converted and judged.
+    import re
+
+    seen, deadline, step, per_epoch = "", time.time() + 300, 0, None
+    os.set_blocking(process.stderr.fileno(), False)
+    while time.time() < deadline and process.poll() is None and (per_epoch is None or step <= per_epoch):
+        try:
+            seen += os.read(process.stderr.fileno(), 1 << 16).decode(errors="replace")
+        except BlockingIOError:
+            pass
+        counts = re.findall(r"qat:[^|]*\|[^|]*\| *(\d+)/(\d+)", seen)
+        if counts:
+            step, total = map(int, counts[-1])
+            per_epoch = total // 100
+        time.sleep(0.05)
+    assert per_epoch and step > per_epoch, f"never got past epoch 1 (step {step}):\n{seen[-3000:]}"
     process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=120)[1]
+    os.set_blocking(process.stderr.fileno(), True)
+    rest = process.communicate(timeout=120)[1].decode(errors="replace")
     assert process.returncode == 130, seen + rest
     assert "Traceback" not in rest
     assert {p.name: p.read_bytes() for p in out.iterdir()} == previous

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import remote
-from pipeline.errors import PipelineInputError
+from pipeline.device import remote
+from pipeline.core.errors import PipelineInputError
 from tests.conftest import IMAGENETTE, WEIGHTS_DIR, run_cli
 
 USERLAND = Path(os.environ.get("PIPELINE_ARM64_ROOT", "/srv/pipeline-arm64"))
@@ -51,12 +51,30 @@ def test_parse_benchmark_model_output_from_a_real_phone():
         remote.parse_benchmark_model("Failed to apply NNAPI delegate.\nBenchmarking failed.\n")
 
 
-def test_big_cores_are_the_highest_max_frequency():
-    # A 4+3+1 phone (little 1.8 GHz, big 2.4 GHz, prime 2.84 GHz): pin to the prime core.
-    freqs = {0: 1804800, 1: 1804800, 2: 1804800, 3: 1804800, 4: 2419200, 5: 2419200, 6: 2419200,
-             7: 2841600}
-    assert remote.big_core_mask(freqs) == "80"
-    assert remote.big_core_mask({0: 1, 1: 2, 2: 2, 3: 1}) == "6"
+def _listing(khz_per_cpu):
+    """What the adb shell loop prints on a phone with these maximum frequencies."""
+    return "\n".join(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq {khz}"
+                     for cpu, khz in enumerate(khz_per_cpu)) + "\n"
+
+
+# Real layouts (cpuinfo_max_freq, kHz): Snapdragon 888 (4 × A55, 3 × A78, 1 × X1), Google Tensor
+# G1 / Pixel 6 (4 × A55, 2 × A76, 2 × X1), and an 8-core phone with one cluster (Helio P35).
+SNAPDRAGON_888 = [1804800] * 4 + [2419200] * 3 + [2841600]
+TENSOR_G1 = [1803000] * 4 + [2253000] * 2 + [2802000] * 2
+HELIO_P35 = [2301000] * 4 + [1800000] * 4
+
+
+@pytest.mark.parametrize("layout, masks", [
+    (SNAPDRAGON_888, {1: "80", 2: "c0", 4: "f0", 8: "ff", 16: "ff"}),
+    (TENSOR_G1, {1: "80", 2: "c0", 4: "f0", 6: "fc"}),
+    (HELIO_P35, {1: "8", 4: "f", 8: "ff"}),
+])
+def test_each_thread_count_gets_as_many_of_the_fastest_cores(layout, masks):
+    frequencies = remote.parse_max_frequencies(_listing(layout))
+    assert frequencies == dict(enumerate(layout))
+    for threads, mask in masks.items():
+        assert remote.core_mask(frequencies, threads) == mask
+        assert bin(int(mask, 16)).count("1") == min(threads, len(layout))
 
 
 def test_adb_command_line_quotes_everything():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline import report, verify
+from pipeline.stages import report, verify
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from pipeline import build, calibrate, convert, layers, selective
-from pipeline.preprocess import Preprocessing
+from pipeline.core import layers
+from pipeline.stages import build, calibrate, convert, selective
+from pipeline.stages.preprocess import Preprocessing
 from tests.conftest import IMAGENETTE, WEIGHTS_DIR
 
 WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
@@ -22,7 +23,7 @@ def test_layer_and_block_names_are_recovered_from_tensor_names():
 
 def test_keep_float_names_resolve_to_tensors_and_unknown_names_say_where_to_look(small_built,
                                                                                small_calibration):
-    from pipeline.errors import PipelineInputError
+    from pipeline.core.errors import PipelineInputError
 
     calibrated = convert.calibrate_model(small_built, small_calibration.arrays)
     block = convert.resolve_keep_float(["block_1"], calibrated)
@@ -33,7 +34,7 @@ def test_keep_float_names_resolve_to_tensors_and_unknown_names_say_where_to_look
 
 @needs_imagenet
 def test_keep_float_auto_adds_sensitive_blocks_and_reports_their_cost():
-    from pipeline.preprocess import load_images
+    from pipeline.stages.preprocess import load_images
 
     built = build.build_model(build.BuildConfig(resolution=96, weights=str(WEIGHTS)))
     spec = Preprocessing(resolution=96)

@@ -99,19 +99,18 @@ def test_rerun_reuses_finished_cells_and_a_bad_cell_fails_alone(sweep_2x2, image
     assert all(c["latency_ms"] for c in summary["cells"] if c["state"] == "reused")
 
 
-def _export_children(parent_cmd_mark):
-    """(pid, ppid) of running `pipeline.export` processes whose output is a sweep cell's."""
+def _cell_workers():
+    """pids of the Ray worker processes running a sweep cell (Ray titles them ray::export_cell)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"pipeline.export" in cmdline and any(parent_cmd_mark in part for part in cmdline):
-            found.append((int(entry.name), int(stat.rsplit(")", 1)[1].split()[1])))
+        if cmdline.startswith(b"ray::export_cell"):
+            found.append(int(entry.name))
     return found
 
 
@@ -141,12 +140,12 @@ def _wait_for(condition, timeout=240):
 
 def test_a_killed_worker_loses_no_cell(images, tmp_path):
     out = tmp_path / "S"
-    mark = b"alpha=0.35"
     sweep = _start_sweep(images, out, "--seed", "7")  # a key of its own: nothing to reuse
     try:
-        export_pid, worker_pid = _wait_for(lambda: next(iter(_export_children(mark)), None))
+        worker_pid = _wait_for(lambda: next(iter(_cell_workers()), None))
+        time.sleep(2)  # inside the export it runs through pipeline.api
         os.kill(worker_pid, signal.SIGKILL)  # the Ray worker running the cell
-        _wait_for(lambda: not _alive(export_pid), timeout=30)  # its export dies with it
+        _wait_for(lambda: not _alive(worker_pid), timeout=30)
         stdout, stderr = sweep.communicate(timeout=400)
     finally:
         sweep.kill()
@@ -171,7 +170,7 @@ def test_ctrl_c_keeps_finished_cells_and_the_same_command_goes_on(images, tmp_pa
     assert not (out / "sweep.json").exists()
     kept = first.parent
     inode = (kept / "model.tflite").stat().st_ino
-    assert not _export_children(b"seed=8")  # nothing left running
+    assert not [pid for pid in _cell_workers() if _alive(pid)]  # nothing left running
 
     again = _start_sweep(images, out, "--seed", "8")
     stdout, stderr = again.communicate(timeout=400)
@@ -205,18 +204,12 @@ def test_bad_sweep_input_is_one_line_and_writes_nothing(images, tmp_path):
 
 # --- The pieces, in process -----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def sweep_module():
-    from pipeline import export, sweep
+def test_grid_axes_and_keys(images):
+    from pipeline.commands.sweep import split_argv
+    from pipeline.core import cache
+    from pipeline.stages import sweep
 
-    sweep.define_flags()
-    export.define_flags()
-    return sweep
-
-
-def test_grid_axes_and_keys(sweep_module, images):
-    sweep = sweep_module
-    _, args = sweep.split_argv(["sweep", "--alpha=0.35,1.0", "--resolution", "96", "--quantize",
+    _, args = split_argv(["sweep", "--alpha=0.35,1.0", "--resolution", "96", "--quantize",
                                 "int8,none", "--keep-float", "Conv1,block_1;block_2", "--no-cache",
                                 "--workers", "2"])
     cells = sweep.grid(args)
@@ -227,15 +220,15 @@ def test_grid_axes_and_keys(sweep_module, images):
     # Cells sharing a float model (alpha here) start apart, so the second one reuses its work.
     order = [(dict(c.flags)["alpha"], dict(c.flags)["quantize"]) for c in sweep.run_order(cells)]
     assert order[:2] == [("0.35", "int8"), ("1.0", "int8")] and len(order) == 8
-    store = sweep.cache.Cache(None)
+    store = cache.Cache(None)
     keyed = sweep.with_keys(cells, store)
     assert len({c.key for c in keyed}) == 8
-    _, same = sweep.split_argv(["sweep", "--alpha=0.35,1.0", "--resolution", "96", "--quantize",
+    _, same = split_argv(["sweep", "--alpha=0.35,1.0", "--resolution", "96", "--quantize",
                                 "int8,none", "--keep-float", "Conv1,block_1;block_2", "--threads", "2"])
     assert [c.key for c in sweep.with_keys(sweep.grid(same), store)] == [c.key for c in keyed]
     # A flag at its default is the same cell; an input counts by content, not by path.
-    _, explicit = sweep.split_argv(["sweep", "--quantize", "int8", "--calibration", str(images)])
-    _, implicit = sweep.split_argv(["sweep", "--calibration", str(images) + "/"])
+    _, explicit = split_argv(["sweep", "--quantize", "int8", "--calibration", str(images)])
+    _, implicit = split_argv(["sweep", "--calibration", str(images) + "/"])
     a, b = sweep.with_keys(sweep.grid(explicit) + sweep.grid(implicit), store)
     assert a.key == b.key
     (images / "cats" / "cats_000.jpg").touch()  # same bytes: same key
@@ -245,14 +238,14 @@ def test_grid_axes_and_keys(sweep_module, images):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.1, 100), st.floats(0, 1)), min_size=1, max_size=12))
 def test_frontier_is_exactly_the_undominated_cells(points):
-    from pipeline import sweep
+    from pipeline.stages import sweep, sweep_report
 
     results = []
     for index, (ms, top1) in enumerate(points):
         cell = sweep.Cell((("resolution", str(index)),), ("resolution",), key=f"{index:064d}")
         results.append(sweep.CellResult(cell, "exported", {"agreement_top1": top1, "tflite": {}},
                                         latency={"1": {"median": ms}}))
-    frontier = sweep.pareto_frontier(results, "agreement_top1")
+    frontier = sweep_report.pareto_frontier(results, "agreement_top1")
     point = lambda r: (r.latency["1"]["median"], r.report["agreement_top1"])  # noqa: E731
 
     def strictly_dominated(r):

@@ -46,7 +46,7 @@ def trained(own_classes, tmp_path_factory):
 
 
 def test_split_is_stratified_seeded_and_disjoint(own_classes):
-    from pipeline import train
+    from pipeline.stages import train
 
     cfg = train.TrainConfig(data=str(own_classes), output="unused", val_split=0.25)
     split = train.split_data(cfg)
@@ -62,8 +62,8 @@ def test_split_is_stratified_seeded_and_disjoint(own_classes):
 
 
 def test_view_zero_is_the_deployment_transform_and_views_are_seeded(own_classes):
-    from pipeline import train
-    from pipeline.preprocess import Preprocessing, preprocess
+    from pipeline.stages import train
+    from pipeline.stages.preprocess import Preprocessing, preprocess
 
     spec = Preprocessing(resolution=96)
     path = sorted((own_classes / "red rose").glob("*.jpg"))[0]
@@ -82,7 +82,7 @@ def test_view_zero_is_the_deployment_transform_and_views_are_seeded(own_classes)
 def test_snapping_puts_every_kernel_on_its_int8_grid():
     import keras
 
-    from pipeline import train
+    from pipeline.stages import train
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None,
@@ -95,7 +95,7 @@ def test_snapping_puts_every_kernel_on_its_int8_grid():
 
 
 def test_train_writes_everything_export_needs(trained, own_classes):
-    from pipeline import build, calibrate
+    from pipeline.stages import build, calibrate
 
     out, result = trained
     assert {p.name for p in out.iterdir()} == {
@@ -140,7 +140,7 @@ def test_same_seed_same_model(trained, own_classes, tmp_path):
 
 
 def test_export_from_train_folder_evaluates_on_the_held_out_split(trained, tmp_path):
-    from pipeline import metadata
+    from pipeline.stages import metadata
 
     out, _ = trained
     exported = tmp_path / "int8"
@@ -262,7 +262,7 @@ def flowers_trained(keras_home, tmp_path_factory):
 def test_flowers_subset_trains_exports_and_clients_take_it(flowers_trained, keras_home, tmp_path):
     import keras
 
-    from pipeline import train
+    from pipeline.stages import train
 
     summary = json.loads((flowers_trained / "train_report.json").read_text(encoding="utf-8"))
     # ImageNet features separate these five classes well above chance (0.2) even on 160 images.

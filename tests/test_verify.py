@@ -3,15 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import build, calibrate, convert, verify
-from pipeline.errors import PipelineInputError
-from pipeline.preprocess import Preprocessing
+from pipeline.stages import build, calibrate, convert, evalset, parity_metrics, verify
+from pipeline.core.errors import PipelineInputError
+from pipeline.stages.preprocess import Preprocessing
 from tests.conftest import IMAGENETTE, WEIGHTS_DIR, make_images
 
 
 def test_identical_outputs_agree_fully():
     logits = np.random.default_rng(0).normal(size=(50, 10))
-    metrics = verify.compare_outputs(logits, logits.copy())
+    metrics = parity_metrics.compare_outputs(logits, logits.copy())
     assert metrics["agreement_top1"] == 1.0
     assert metrics["kl_mean"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["snr_db"] is None  # identical: no noise
@@ -20,7 +20,7 @@ def test_identical_outputs_agree_fully():
 def test_kl_and_snr_match_hand_computation():
     reference = np.array([[2.0, 0.0], [0.0, 1.0]])
     candidate = np.array([[1.0, 0.0], [0.0, 1.0]])
-    metrics = verify.compare_outputs(reference, candidate)
+    metrics = parity_metrics.compare_outputs(reference, candidate)
     p = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
     q = np.exp([1.0, 0.0]) / np.exp([1.0, 0.0]).sum()
     expected_kl = float(np.sum(p * np.log(p / q))) / 2  # second image contributes 0
@@ -33,44 +33,44 @@ def test_topk_and_agreement_count_what_they_say():
     reference = np.array([[3, 2, 1, 0], [0, 1, 2, 3], [1, 3, 2, 0]], float)
     candidate = np.array([[3, 2, 1, 0], [3, 1, 2, 0], [1, 2, 3, 0]], float)
     labels = [0, 2, 1]
-    metrics = verify.compare_outputs(reference, candidate, labels)
+    metrics = parity_metrics.compare_outputs(reference, candidate, labels)
     assert metrics["float"]["top1"] == pytest.approx(2 / 3)  # image 2 predicts 3, not 2
     assert metrics["tflite"]["top1"] == pytest.approx(1 / 3)
     assert metrics["agreement_top1"] == pytest.approx(1 / 3)
-    assert verify.topk_accuracy(reference, labels, 2) == 1.0
+    assert parity_metrics.topk_accuracy(reference, labels, 2) == 1.0
 
 
 def test_collapsed_model_is_visible_in_dominant_share():
     reference = np.eye(4)[np.arange(40) % 4] * 5
     collapsed = np.tile([5.0, 0, 0, 0], (40, 1))
-    metrics = verify.compare_outputs(reference, collapsed)
+    metrics = parity_metrics.compare_outputs(reference, collapsed)
     assert metrics["dominant_share"] == {"float": 0.25, "tflite": 1.0}
 
 
 def test_class_folders_map_by_synset_or_label(small_built):
-    mapping, unknown = verify.label_index(["n01440764", "n01443537"], small_built)
+    mapping, unknown = evalset.label_index(["n01440764", "n01443537"], small_built)
     assert mapping == {"n01440764": 0, "n01443537": 1} and unknown == []
-    mapping, unknown = verify.label_index(["Golden_Retriever", "tench", "unicorn"], small_built)
+    mapping, unknown = evalset.label_index(["Golden_Retriever", "tench", "unicorn"], small_built)
     assert mapping["Golden_Retriever"] == small_built.labels.index("golden retriever")
     assert mapping["tench"] == 0 and unknown == ["unicorn"]
 
 
 def test_eval_folder_with_unknown_classes_is_refused(small_built, image_folder):
     with pytest.raises(PipelineInputError, match="not model labels \\(cats, dogs\\)"):
-        verify.eval_set_from_folder(image_folder, small_built)
+        evalset.eval_set_from_folder(image_folder, small_built)
 
 
 def test_flat_eval_folder_is_label_free(small_built, tmp_path):
     make_images(tmp_path / "x", classes=("a",), per_class=3)
     flat = tmp_path / "flat"
     (tmp_path / "x" / "a").rename(flat)
-    eval_set = verify.eval_set_from_folder(flat, small_built)
+    eval_set = evalset.eval_set_from_folder(flat, small_built)
     assert eval_set.labels is None and len(eval_set.paths) == 3
 
 
 def test_float_against_itself_is_exact_and_matches_keras(small_built, small_float, image_folder):
     folder = calibrate.scan_images(image_folder)
-    eval_set = verify.EvalSet(folder.files, None, "test")
+    eval_set = evalset.EvalSet(folder.files, None, "test")
     result = verify.verify(small_built, small_float.tflite, small_float.tflite, eval_set,
                            Preprocessing(resolution=96), verify.Thresholds(min_agreement=1.0))
     assert result.images == len(folder.files)
@@ -92,7 +92,7 @@ def imagenet96():
         calibrate.CalibrationConfig(directory=str(IMAGENETTE / "calib"), samples=100), spec)
     int8 = convert.convert(built, calibration.arrays, convert.ConvertConfig("int8"))
     float_model = convert.convert(built, None, convert.ConvertConfig("none"))
-    eval_set = verify.eval_set_from_folder(IMAGENETTE / "val", built, samples=300, seed=0)
+    eval_set = evalset.eval_set_from_folder(IMAGENETTE / "val", built, samples=300, seed=0)
     return built, spec, int8, float_model, eval_set
 
 
@@ -123,7 +123,7 @@ def test_thresholds_fail_when_parity_is_worse(imagenet96):
 
 def test_every_quantization_mode_has_the_parity_and_size_it_should(imagenet96):
     built, spec, int8, float_model, eval_set = imagenet96
-    subset = verify.EvalSet(eval_set.paths[:100], eval_set.labels[:100], "subset")
+    subset = evalset.EvalSet(eval_set.paths[:100], eval_set.labels[:100], "subset")
     calibration = calibrate.representative_dataset(
         calibrate.CalibrationConfig(directory=str(IMAGENETTE / "calib"), samples=50), spec)
     results = {}

@@ -14,11 +14,12 @@ import dataclasses
 
 import numpy as np
 
-from pipeline import convert
-from pipeline.device_runner import load_runtime, time_configs
-from pipeline.errors import PipelineInputError
-from pipeline.layers import layer_group
-from pipeline.verify import compare_outputs, tflite_logits
+from pipeline.core.options import option
+from pipeline.stages import convert
+from pipeline.device.runner import load_runtime, time_configs
+from pipeline.core.errors import PipelineInputError
+from pipeline.core.layers import layer_group
+from pipeline.stages.parity_metrics import compare_outputs, tflite_logits
 
 HELD_OUT_IMAGES = 256  # sensitivity and the stop rule are measured on at most this many
 MIN_HELD_OUT_IMAGES = 50
@@ -36,9 +37,9 @@ class KeepFloatConfig:
         return self.layers == ("auto",)
 
 
-def config_from_flags(flag_values):
+def config_from_settings(settings):
     """KeepFloatConfig from --keep-float and its budget flags; None when --keep-float is not given."""
-    text = flag_values["keep-float"].value
+    text = settings["keep-float"]
     if not text:
         return None
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -47,14 +48,14 @@ def config_from_flags(flag_values):
                                  "(e.g. block_1,Conv1) or auto")
     if "auto" in names and names != ("auto",):
         raise PipelineInputError("--keep-float auto searches on its own: pass auto alone, or names")
-    ratio = flag_values["keep-float-max-latency"].value
+    ratio = settings["keep-float-max-latency"]
     if not ratio >= 1.0:  # also refuses NaN
         raise PipelineInputError(f"--keep-float-max-latency {ratio} must be at least 1.0 (x the "
                                  "all-int8 model's latency), e.g. 1.3")
-    groups = flag_values["keep-float-max-groups"].value
+    groups = settings["keep-float-max-groups"]
     if groups < 0:
         raise PipelineInputError(f"--keep-float-max-groups {groups} must be 0 (no limit) or more")
-    return KeepFloatConfig(names, flag_values["min-agreement"].value, ratio, groups)
+    return KeepFloatConfig(names, settings["min-agreement"], ratio, groups)
 
 
 def times_latency(keep_float):
@@ -69,7 +70,7 @@ def quantize_selectively(built, calibration, spec, cfg, float_tflite, keep_float
 
     Returns (ConvertedModel, the report's keep_float section, the calibrated model it came from:
     the latency reference is requantized from it)."""
-    from pipeline.preprocess import load_images
+    from pipeline.stages.preprocess import load_images
 
     if cfg.quantize != "int8":
         raise PipelineInputError(f"--keep-float works with --quantize int8, not {cfg.quantize}")
@@ -99,19 +100,19 @@ def quantize_selectively(built, calibration, spec, cfg, float_tflite, keep_float
     return converted, {"mode": "auto", **found}, calibrated
 
 
-def define_flags():
-    from pipeline.cli import define
-
-    define("string", "keep-float", None,
-           "Layers to keep in float in an int8 model: comma-separated names from pipeline.diagnose "
-           "or whole blocks (Conv1, expanded_conv, block_3), or 'auto': add blocks, most harmful "
+OPTIONS = (
+    option("string", "keep-float", None,
+           "Layers to keep in float in an int8 model: comma-separated names from pipeline.diagnose"
+           " or whole blocks (Conv1, expanded_conv, block_3), or 'auto': add blocks, most harmful "
            "per MAC first (measured on held-out calibration images), within "
            "--keep-float-max-latency, until held-out agreement reaches --min-agreement with 95% "
-           "confidence.")
-    define("float", "keep-float-max-latency", 1.3,
-           "With --keep-float auto: the most 1-thread latency (x the all-int8 model) to spend.")
-    define("integer", "keep-float-max-groups", 0,
-           "With --keep-float auto: the most blocks to add (0: as many as the latency budget allows).")
+           "confidence."),
+    option("float", "keep-float-max-latency", 1.3,
+           "With --keep-float auto: the most 1-thread latency (x the all-int8 model) to spend."),
+    option("integer", "keep-float-max-groups", 0,
+           "With --keep-float auto: the most blocks to add (0: as many as the latency budget "
+           "allows)."),
+)
 
 
 # --- The search -----------------------------------------------------------------------------------

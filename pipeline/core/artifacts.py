@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.errors import PipelineInputError
+from pipeline.core.errors import PipelineInputError
 
 STAGING_MARK = ".partial-"
 

@@ -26,7 +26,7 @@ import re
 import struct
 import unicodedata
 
-from pipeline.errors import PipelineInputError
+from pipeline.core.errors import PipelineInputError
 
 UTF8_BOM = "\ufeff"
 
@@ -50,6 +50,22 @@ _PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, KeyError, Attr
 
 
 # --- labels.txt --------------------------------------------------------------------------------
+
+
+def read_input_file(path, missing, folder, unreadable):
+    """The bytes of an input file, or one PipelineInputError: `missing`, `folder` and `unreadable`
+    are the lines for a path that does not exist, is a folder, or cannot be read (`{path}` and, for
+    `unreadable`, `{reason}` filled in)."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PipelineInputError(missing.format(path=path)) from None
+    except IsADirectoryError:
+        raise PipelineInputError(folder.format(path=path)) from None
+    except OSError as error:
+        raise PipelineInputError(unreadable.format(path=path, reason=error.strerror or error)) from None
 
 
 def _odd_character(label):

@@ -32,7 +32,8 @@ import types
 import zipfile
 import zlib
 
-from pipeline.errors import PipelineInputError
+from pipeline.core.options import option
+from pipeline.core.errors import PipelineInputError
 
 MISSING_NATIVE_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 # Schema members added after metadata 1.0.0, with the version that added each (upstream
@@ -199,7 +200,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplemen
 
 @functools.lru_cache(maxsize=1)
 def _metadata_schema(path):
-    from pipeline.readers import Schema
+    from pipeline.core.readers import Schema
 
     with open(path, encoding="utf-8") as schema:
         return Schema(schema.read())
@@ -234,7 +235,7 @@ def read_metadata(model_bytes, where="the model"):
     The model and its metadata flatbuffer are verified first (pipeline.readers): MediaPipe's reader
     hands the metadata to flatbuffers' GenText, which reads damaged offsets wherever they point and
     can take the process down. Damage is a PipelineInputError naming `where`."""
-    from pipeline.readers import check_flatbuffer, parse_model
+    from pipeline.core.readers import check_flatbuffer, parse_model
 
     model = parse_model(model_bytes, where)
     buffers = model.buffers or []
@@ -318,16 +319,16 @@ def attach(converted, built, spec, info):
     return dataclasses.replace(converted, tflite=model)
 
 
-def info_from_flags(flag_values, built, convert_cfg):
-    """ModelInfo from the --model-* flags, defaulting to what the export knows."""
+def info_from_settings(settings, built, convert_cfg):
+    """ModelInfo from the --model-* settings, defaulting to what the export knows."""
     arch = built.architecture
-    name = flag_values["model-name"].value or built.name
-    description = flag_values["model-description"].value or (
+    name = settings["model-name"] or built.name
+    description = settings["model-description"] or (
         f"{arch.get('architecture', 'MobileNetV2')} {arch.get('alpha', '')}/{built.resolution} image "
         f"classifier, {built.num_classes} classes, {convert_cfg.quantize} "
         f"({'arXiv:1801.04381; ' if arch.get('architecture') == 'MobileNetV2' else ''}"
         f"weights: {built.weights_name or built.weights_source}, sha256 {built.weights_sha256[:12]}).")
-    license_ = flag_values["model-license"].value
+    license_ = settings["model-license"]
     if license_ is None:
         # Keras' ImageNet MobileNetV2 weights are released under Apache-2.0; a user's own weights
         # carry whatever licence the user gives them.
@@ -335,21 +336,22 @@ def info_from_flags(flag_values, built, convert_cfg):
         # model's bytes.)
         license_ = "Apache-2.0" if built.synsets is not None and "imagenet" in str(
             built.weights_name or built.weights_source).lower() else ""
-    for flag, value in (("model-name", name), ("model-version", flag_values["model-version"].value)):
+    for flag, value in (("model-name", name), ("model-version", settings["model-version"])):
         if not str(value).strip():
             raise PipelineInputError(f"--{flag} must not be empty")
-    return ModelInfo(name=name, description=description, version=flag_values["model-version"].value,
-                     author=flag_values["model-author"].value, license=license_)
+    return ModelInfo(name=name, description=description, version=settings["model-version"],
+                     author=settings["model-author"], license=license_)
 
 
-def define_flags():
-    from pipeline.cli import define
-
-    define("string", "model-name", None, "Name in the model's metadata (default: e.g. "
-           "mobilenet_v2_1.0_224).")
-    define("string", "model-version", "1", "Version in the model's metadata.")
-    define("string", "model-description", None, "Description in the model's metadata (default: "
-           "architecture, width, resolution, classes, quantization, weights).")
-    define("string", "model-author", "", "Author in the model's metadata.")
-    define("string", "model-license", None, "Licence in the model's metadata (default: Apache-2.0 "
-           "for the ImageNet weights, none for your own).")
+OPTIONS = (
+    option("string", "model-name", None,
+           "Name in the model's metadata (default: e.g. mobilenet_v2_1.0_224)."),
+    option("string", "model-version", "1", "Version in the model's metadata."),
+    option("string", "model-description", None,
+           "Description in the model's metadata (default: architecture, width, resolution, "
+           "classes, quantization, weights)."),
+    option("string", "model-author", "", "Author in the model's metadata."),
+    option("string", "model-license", None,
+           "Licence in the model's metadata (default: Apache-2.0 for the ImageNet weights, none "
+           "for your own)."),
+)

@@ -31,7 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.errors import PipelineInputError
+from pipeline.core.options import option
+from pipeline.core.errors import PipelineInputError
 
 # Bumped when an entry's format or the work behind a kind changes: old entries are then unused.
 FORMAT = 1
@@ -192,20 +193,19 @@ def files_digest(store, paths, digest_files):
     return digest
 
 
-def define_flags():
-    from pipeline.cli import define
-
-    define("string", "cache-dir", None,
+OPTIONS = (
+    option("string", "cache-dir", None,
            "Cache folder for work an export would redo: float conversion, calibration, the float "
            "model's outputs on the eval set (default $TFLITE_PIPELINE_CACHE, else "
-           "~/.cache/tflite-pipeline).")
-    define("boolean", "no-cache", False, "Do everything again and store nothing in the cache.")
+           "~/.cache/tflite-pipeline)."),
+    option("bool", "no-cache", False, "Do everything again and store nothing in the cache."),
+)
 
 
-def from_flags(flag_values):
-    if flag_values["no-cache"].value:
+def from_settings(settings):
+    if settings["no-cache"]:
         return Cache(None)
-    root = Path(flag_values["cache-dir"].value) if flag_values["cache-dir"].value else default_dir()
+    root = Path(settings["cache-dir"]) if settings["cache-dir"] else default_dir()
     if root.exists() and not root.is_dir():
         raise PipelineInputError(f"--cache-dir {root} is a file, not a folder: pass a folder path "
                                  "or --no-cache")

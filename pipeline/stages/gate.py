@@ -35,8 +35,8 @@ import math
 import statistics
 import xml.etree.ElementTree as ElementTree
 
-from pipeline.errors import PipelineInputError
-from pipeline.stats import mcnemar_p, sign_flip_p
+from pipeline.core.errors import PipelineInputError
+from pipeline.core.stats import mcnemar_p, sign_flip_p
 
 BASELINE_FORMAT = 3
 MACHINE_INDEPENDENT_KEYS = ("model", "float", "tflite", "agreement_top1", "kl_mean", "size_bytes",
@@ -488,7 +488,7 @@ def junit_xml(results, name="parity-gate"):
 def summary_markdown(results, report, identity=None, labels=None):
     """The gate's Markdown summary; `labels` (class names by index) name the flipped images'
     classes."""
-    from pipeline.report import machine_line
+    from pipeline.stages.report import machine_line
 
     passed = all(r.passed for r in results)
     lines = [f"### Parity gate: {'passed' if passed else 'FAILED'} — {report['model']['name']} "

@@ -1,31 +1,55 @@
-"""What every stage's command line shares: quiet TensorFlow, absl flags defined once, and the rule
-that bad input ends in one line on stderr and exit code 2, never a traceback."""
+"""What every command line shares: absl flags made from the stages' options, the settings read
+back from them, quiet TensorFlow, and the rule that bad input ends in one line on stderr and exit
+code 2, never a traceback. The only module that imports absl's flags: nothing below the commands
+reads a flag. (TensorFlow's environment, oneDNN off and its logging quiet, is set by importing
+`pipeline`.)"""
 
 import errno
-import os
 import signal
 import sys
 import warnings
 
-# TensorFlow's C++ logging and oneDNN notices bury the one line a user needs; set before TF loads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.core.errors import PipelineError
+from pipeline.core.options import Settings, merge
 
 FLAGS = flags.FLAGS
 
 
-def define(kind, name, default, *args, **kwargs):
-    """Defines flag `name` unless another stage already did (export defines every stage's flags)."""
+def define(kind, name, default, help, choices=None):
+    """Defines flag `name` unless another option group already did (export takes every stage's)."""
     if name in FLAGS:
         return
-    getattr(flags, "DEFINE_" + kind)(name, default, *args, **kwargs)
-    # absl's --help lists the main module's key flags only; the stages define theirs through this
-    # helper, so each is declared a key flag of the command being run.
+    if kind == "enum":
+        flags.DEFINE_enum(name, default, list(choices), help)
+    else:
+        getattr(flags, "DEFINE_" + kind)(name, default, help)
+    # absl's --help lists the main module's key flags only; the stages' options are defined
+    # through this helper, so each is declared a key flag of the command being run.
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+
+
+def define_options(*groups):
+    """absl flags for the options of `groups` (tuples of pipeline.core.options.Option)."""
+    for item in merge(*groups):
+        define(item.kind, item.name, item.default, item.help, item.choices)
+
+
+def settings(*groups):
+    """The parsed flags of `groups` as Settings: what the stages and the API read, no absl."""
+    options = merge(*groups)
+    return Settings(options, {o.name: FLAGS[o.name].value for o in options},
+                    given={o.name for o in options if FLAGS[o.name].present})
+
+
+def command_line():
+    """The command as typed, for the report (`python -m pipeline.check …` exports too)."""
+    import shlex
+    from pathlib import Path
+
+    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "export"
+    return f"python -m pipeline.{module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 _SIGNALLED = []
@@ -60,7 +84,7 @@ class _QuietTensorFlowImport:
         load = spec.loader.exec_module
 
         def exec_module(module):
-            from pipeline.device_runner import quiet_native_stderr
+            from pipeline.device.runner import quiet_native_stderr
 
             with quiet_native_stderr():
                 load(module)
@@ -119,10 +143,15 @@ def run(main, positional=False, flags_parser=None):
                 raise
             _interrupted()
 
-    app.run(guarded, flags_parser=flags_parser or _parse_flags)
+    # --help prints the __main__ module's docstring: the command's, not its `python -m` shim's.
+    main_module = sys.modules.get("__main__")
+    if main_module is not None:
+        main_module.__doc__ = sys.modules[main.__module__].__doc__
+    app.run(guarded, flags_parser=flags_parser or parse_flags)
 
 
-def _parse_flags(argv):
+def parse_flags(argv):
+    """absl's parse of `argv`, a bad flag being one line and exit 2."""
     # absl reports a bad flag value with exit code 1 and two lines of usage hints; a bad flag is bad
     # input like any other, so it gets the same one line and exit code 2.
     try:

@@ -2,10 +2,12 @@
 
 Each client is run, not assumed: MediaPipe Tasks' ImageClassifier (the runtime of Google's Android
 image-classification sample, successor of the Task Library) with no options, the TFLite Task
-Library's ImageClassifier where `tflite-support` installs (its wheels stop at Python 3.11, x86
-Linux), a plain LiteRT Interpreter, and the Android demo's contract. Each is given the same images
-at the model's input size, so its top-1 can be compared with the pipeline's own interpreter: every
-client sees exactly the pixels calibration and parity saw.
+Library's ImageClassifier (tflite-support 0.4.4 in an environment of its own, a subprocess: its
+wheels stop at Python 3.11 and its protobuf 3 does not import beside TensorFlow's), and a plain LiteRT
+Interpreter fed the model's own input tensor. Each is given the same images at the model's input
+size, so its top-1 can be compared with the pipeline's own runner: every client sees exactly the
+pixels calibration and parity saw. The Android row is what it is: a contract check of the files
+the app reads (the app's Kotlin core runs on golden vectors in tests/test_android.py).
 
 What an app must do beyond that is framing: calibration saw a centered square of each image
 (`crop_fraction` of the shorter side); MediaPipe stretches the whole frame unless it is given that
@@ -77,7 +79,7 @@ def mediapipe_image_classifier(model_bytes, images, expected):
     from mediapipe.tasks.python.core import base_options
     from mediapipe.tasks.python.vision import image_classifier
 
-    from pipeline.device_runner import quiet_native_stderr
+    from pipeline.device.runner import quiet_native_stderr
 
     @contextlib.contextmanager
     def opened():
@@ -91,35 +93,76 @@ def mediapipe_image_classifier(model_bytes, images, expected):
 
 
 def task_library_image_classifier(model_bytes, images, expected, scratch_dir):
-    """The TFLite Task Library's ImageClassifier (tflite-support), where it installs."""
-    version = _version("tflite-support")
-    client = f"TFLite Task Library ImageClassifier (tflite-support {version})"
-    if version is None:
-        return {"client": "TFLite Task Library ImageClassifier", "loads": None, "ok": None,
-                "detail": "not checked: tflite-support is not installed (its last wheels, 2023, are "
-                          "for Python ≤ 3.11 on x86 Linux)"}
-    import io
-
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # it prints its own import failures
-            from tflite_support.task import core, vision
-    except Exception as error:  # its protobuf-3 modules fail to import beside TensorFlow's protobuf
-        return {"client": client, "loads": None, "ok": None,
-                "detail": f"not checked: tflite-support does not import here ({_one_line(error)})"}
+    """The TFLite Task Library's ImageClassifier (tflite-support 0.4.4), default options, run in its
+    own environment as a subprocess (`pipeline.device.task_library`): its protobuf 3 modules do
+    not import beside TensorFlow's protobuf, and its wheels stop at Python 3.11."""
+    import json
     import os
+    import subprocess
 
-    path = os.path.join(scratch_dir, "model.tflite")
-    with open(path, "wb") as f:
+    from pipeline.device import task_library
+
+    client = f"TFLite Task Library ImageClassifier (tflite-support {task_library.VERSION})"
+    python = task_library.env_python()
+    if python is None:
+        return {"client": client, "loads": None, "ok": None,
+                "detail": f"not checked: no Task Library environment at {task_library.env_dir()} "
+                          "(python -m pipeline.device.task_library --create makes it)"}
+    model_path = os.path.join(scratch_dir, "model.tflite")
+    images_path = os.path.join(scratch_dir, "images.npy")
+    with open(model_path, "wb") as f:
         f.write(model_bytes)
+    np.save(images_path, np.ascontiguousarray(images, np.uint8))
+    done = subprocess.run([python, task_library.__file__, model_path, images_path],
+                          capture_output=True, text=True, timeout=600)
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"client": client, "loads": False, "ok": False,
+                "detail": f"the Task Library process failed (exit {done.returncode}): "
+                          f"{_one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '')}"}
+    if "error" in answer:
+        return {"client": client, "loads": False, "ok": False, "detail": answer["error"]}
+    per_image = [[(name, score) for _, name, score in categories] for categories in answer["results"]]
+    top1 = [categories[0][0] for categories in answer["results"]]
+    return _summary(client, top1, expected, per_image)
 
-    @contextlib.contextmanager
-    def opened():
-        options = vision.ImageClassifierOptions(base_options=core.BaseOptions(file_name=path))
-        classifier = vision.ImageClassifier.create_from_options(options)
-        yield lambda pixels: classifier.classify(
-            vision.TensorImage.create_from_array(pixels)).classifications[0]
 
-    return _run(client, opened, images, expected)
+def litert_interpreter(model_bytes, images, inputs, expected):
+    """A plain LiteRT Interpreter, as an app without the pipeline would use it: the model's own
+    input tensor fed (the camera's uint8 pixels when the input is their grid, else the normalized
+    floats quantized with the input's own scale and zero point), the output read back, top-1
+    compared with the pipeline's runner."""
+    from pipeline.device.runner import load_runtime, quantize_input
+
+    name, version, module = load_runtime()
+    client = f"LiteRT Interpreter ({name} {version})"
+    try:
+        interpreter = module.Interpreter(model_content=bytes(model_bytes))
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as error:
+        return {"client": client, "loads": False, "ok": False, "detail": _one_line(error)}
+    given, returned = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    top1, finite = [], True
+    for pixels, x in zip(images, inputs):
+        if given["dtype"] == np.uint8 and np.array_equal(quantize_input(x[None], given)[0], pixels):
+            tensor = pixels[None]  # the default export: raw bytes in
+        else:
+            tensor = quantize_input(x[None], given)
+        interpreter.set_tensor(given["index"], tensor)
+        interpreter.invoke()
+        out = interpreter.get_tensor(returned["index"])[0].astype(np.float64)
+        scale, zero_point = returned["quantization"]
+        if returned["dtype"] != np.float32 and scale:
+            out = (out - zero_point) * scale
+        finite = finite and bool(np.all(np.isfinite(out)))
+        top1.append(int(np.argmax(out)))
+    matches = sum(int(ours[index] >= ours.max() - 1e-9) for index, ours in zip(top1, expected))
+    return {"client": client, "loads": True, "images": len(expected), "top1_matches": matches,
+            "ok": matches == len(expected) and finite,
+            "detail": f"fed {np.dtype(given['dtype']).name} {[int(d) for d in given['shape']]}, read "
+                      f"{np.dtype(returned['dtype']).name} {[int(d) for d in returned['shape']]}"
+                      + ("" if finite else "; outputs are not finite")}
 
 
 SAMPLE_IMAGES = 16
@@ -128,7 +171,7 @@ SAMPLE_IMAGES = 16
 def framed_sample(paths, spec):
     """(uint8 pixels (n, r, r, 3), float inputs) of the first decodable `paths`, framed and resized
     by the one preprocessing function: what every client is given."""
-    from pipeline.preprocess import normalize, pixels
+    from pipeline.stages.preprocess import normalize, pixels
 
     framed = []
     for path in paths:
@@ -145,11 +188,11 @@ def check_clients(model_bytes, paths, spec, config_files=None, scratch_dir=None)
     each one's top-1 with the pipeline's own interpreter on the same tensors."""
     import tempfile
 
-    from pipeline import deploy
-    from pipeline.convert import output_kind
-    from pipeline.device_runner import Runner, load_runtime
-    from pipeline.errors import PipelineInputError
-    from pipeline.verify import as_logits
+    from pipeline.stages import deploy
+    from pipeline.core.tflite import output_kind
+    from pipeline.device.runner import Runner, load_runtime
+    from pipeline.core.errors import PipelineInputError
+    from pipeline.stages.parity_metrics import as_logits
 
     images, inputs = framed_sample(paths, spec)
     _, _, module = load_runtime()
@@ -157,18 +200,18 @@ def check_clients(model_bytes, paths, spec, config_files=None, scratch_dir=None)
     rows = [mediapipe_image_classifier(model_bytes, images, ours)]
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         rows.append(task_library_image_classifier(model_bytes, images, ours, scratch))
-    rows.append({"client": f"LiteRT Interpreter (ai-edge-litert {_version('ai-edge-litert')})",
-                 "loads": True, "ok": True, "images": len(images),
-                 "detail": "the pipeline's own runner: parity and the other clients' comparison ran on it"})
+    rows.append(litert_interpreter(model_bytes, images, inputs, ours))
     if config_files is not None:
+        # Not a client run: what the app reads, checked as the app would (the app's Kotlin core is
+        # run on golden vectors by tests/test_android.py, not by an export).
+        contract = "Android demo app contract (model_config.json, labels.txt, model)"
         try:
             deploy.check_files(config_files, "the export")
-            rows.append({"client": "Android demo app (android_demo/)", "loads": True, "ok": True,
-                         "detail": "model_config.json, labels.txt and the model agree "
-                                   "(pipeline.deploy's contract check; the app reads the config)"})
+            rows.append({"client": contract, "loads": None, "ok": True,
+                         "detail": "the files agree with each other and with the model "
+                                   "(pipeline.deploy's check; no app was run)"})
         except PipelineInputError as error:
-            rows.append({"client": "Android demo app (android_demo/)", "loads": False, "ok": False,
-                         "detail": str(error)})
+            rows.append({"client": contract, "loads": None, "ok": False, "detail": str(error)})
     return rows
 
 

@@ -7,8 +7,9 @@ follow the user's SSH config; `--ssh-option` passes more options through. Every 
 is quoted with shlex.quote, so nothing in them reaches the remote shell as syntax.
 
 adb (`adb` or `adb:SERIAL`): the official `benchmark_model` binary the user supplies is pushed to
-/data/local/tmp with the model and run pinned (taskset) to the cores with the highest maximum
-frequency (the big cluster); its timing and memory lines are parsed into the same JSON shape.
+/data/local/tmp with the model and run pinned (taskset) to as many of the fastest cores (highest
+maximum frequency) as it has threads: 1 thread on the prime core, 4 on the prime and big ones of a
+4+3+1 phone; its timing and memory lines are parsed into the same JSON shape.
 """
 
 import dataclasses
@@ -18,11 +19,12 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from pipeline.errors import PipelineInputError
+from pipeline.core.errors import PipelineInputError
+from pipeline.core.options import option
 
 REMOTE_DIR = ".mobilenet-pipeline"
 ANDROID_DIR = "/data/local/tmp/mobilenet-pipeline"
-RUNNER = Path(__file__).with_name("device_runner.py")
+RUNNER = Path(__file__).with_name("runner.py")  # copied to the device as device_runner.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,11 +217,19 @@ def parse_benchmark_model(text):
     return result
 
 
-def big_core_mask(max_frequencies):
-    """taskset mask (hex) of the cores with the highest maximum frequency: the big cluster."""
-    top = max(max_frequencies.values())
-    mask = sum(1 << cpu for cpu, freq in max_frequencies.items() if freq == top)
-    return format(mask, "x")
+def parse_max_frequencies(listing):
+    """{cpu: max kHz} from `echo $f $(cat $f)` over /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq."""
+    return {int(m.group(1)): int(m.group(2))
+            for m in re.finditer(r"cpu(\d+)/cpufreq/cpuinfo_max_freq (\d+)", listing)}
+
+
+def core_mask(max_frequencies, threads):
+    """taskset mask (hex) of the `threads` fastest cores (highest maximum frequency, the later core
+    of equals: phones number their big cores last), so a run of N threads gets N cores: on a 4+3+1
+    phone 1 thread is the prime core, 4 threads the prime and the three big ones. More threads than
+    cores get every core."""
+    fastest = sorted(max_frequencies, key=lambda cpu: (max_frequencies[cpu], cpu), reverse=True)
+    return format(sum(1 << cpu for cpu in fastest[:max(1, threads)]), "x")
 
 
 def adb_benchmark_command(model_remote, binary_remote, mask, threads, runs, use_xnnpack=True):
@@ -230,7 +240,8 @@ def adb_benchmark_command(model_remote, binary_remote, mask, threads, runs, use_
 
 
 def adb_benchmark(target, model, binary, threads=(1,), runs=50):
-    """Pushes benchmark_model and the model, runs it pinned to the big cores, parses its output."""
+    """Pushes benchmark_model and the model, runs each thread count pinned to that many of the
+    fastest cores, parses its output."""
     if not Path(binary).is_file():
         raise PipelineInputError(f"--benchmark-binary {binary}: no such file; build TFLite's "
                                  "benchmark_model for Android (arm64) and pass its path")
@@ -244,11 +255,10 @@ def adb_benchmark(target, model, binary, threads=(1,), runs=50):
     listing = _run(target.adb_argv(
         "shell", "for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; "
                  "do echo $f $(cat $f); done"), target, "reading CPU frequencies").decode()
-    frequencies = {int(m.group(1)): int(m.group(2))
-                   for m in re.finditer(r"cpu(\d+)/cpufreq/cpuinfo_max_freq (\d+)", listing)}
-    mask = big_core_mask(frequencies) if frequencies else "ff"
+    frequencies = parse_max_frequencies(listing)
     rows = []
     for count in threads:
+        mask = core_mask(frequencies, count) if frequencies else "ff"
         output = _run(target.adb_argv("shell", adb_benchmark_command(model_remote, binary_remote,
                                                                      mask, count, runs)),
                       target, "running benchmark_model").decode(errors="replace")
@@ -262,93 +272,17 @@ def adb_benchmark(target, model, binary, threads=(1,), runs=50):
 # float32 outputs (the softmax head) differ in their last bits between CPUs: XNNPACK's exp is a
 # different polynomial on x86 and ARM. Measured on the emulated cortex-a76 board: 19 ulp at most
 # (96 px ImageNet classifier, 20 Imagenette images).
-FLOAT_ULPS_ALLOWED = 64
+TARGET_OPTIONS = (
+    option("string", "target", None,
+           "Device: ssh://user@host[:port] (ARM board, Jetson) or adb[:SERIAL]."),
+    option("multi_string", "ssh-option", [],
+           "Extra ssh -o option (repeatable), e.g. IdentityFile=~/.ssh/board."),
+    option("string", "remote-python", "python3", "Python on the device (3.8+)."),
+)
 
 
-def cross_arch_parity(target, model_path, paths, spec, max_lsb=None):
-    """Runs the model on `target` and here over the same input tensors; compares raw outputs.
-
-    Both sides use XNNPACK at 1 thread. Differences are in units of the output's last place: the
-    quantization step of an integer output, the float32 ulp of a float one. `max_lsb` defaults to
-    0 for integer outputs (int8 kernels agree bit for bit) and FLOAT_ULPS_ALLOWED for float32.
-    Returns {"images", "identical", "max_lsb", ...}."""
-    import numpy as np
-
-    from pipeline.device_runner import Runner, load_runtime, quantize_input
-    from pipeline.preprocess import load_images
-
-    _, _, module = load_runtime()
-    host = Runner(module, model_path=str(model_path), threads=1)
-    loaded = load_images(paths, spec)
-    if not loaded.paths:
-        raise PipelineInputError("none of the parity images could be decoded")
-    inputs = np.stack([quantize_input(x[None], host.input)[0] for x in loaded.arrays])
-    host_outputs = np.stack([host.raw(x[None])[0] for x in inputs])
-    device_outputs, report = remote_outputs(target, model_path, inputs)
-    if device_outputs.shape != host_outputs.shape:
-        raise PipelineInputError(f"the device returned outputs of shape {device_outputs.shape}, "
-                                 f"expected {host_outputs.shape}")
-    if np.issubdtype(host_outputs.dtype, np.integer):
-        difference = np.abs(device_outputs.astype(np.int64) - host_outputs.astype(np.int64))
-        allowed = 0 if max_lsb is None else max_lsb
-    else:
-        ulp = np.spacing(np.abs(host_outputs).astype(np.float32)).astype(np.float64)
-        difference = np.abs(device_outputs.astype(np.float64) - host_outputs.astype(np.float64)) / ulp
-        allowed = FLOAT_ULPS_ALLOWED if max_lsb is None else max_lsb
-    per_image = difference.reshape(len(inputs), -1).max(axis=1)
-    identical = int(np.sum(per_image == 0))
-    result = {
-        "target": str(target),
-        "images": int(len(inputs)),
-        "identical": identical,
-        "max_lsb": float(difference.max()),
-        "output_dtype": str(host_outputs.dtype),
-        "top1_agreement": float(np.mean(host_outputs.argmax(-1) == device_outputs.argmax(-1))),
-        "device": report["device"],
-        "device_runtime": report["runtime"],
-        "device_delegation": report["parity"]["delegation"],
-        "max_lsb_allowed": allowed,
-    }
-    result["passed"] = result["max_lsb"] <= allowed and result["top1_agreement"] == 1.0
-    return result
-
-
-def cross_arch_main(flag_values, path):
-    """`pipeline.verify --tflite M --target ssh://…`: cross_arch_parity, printed."""
-    import sys
-
-    from pipeline import calibrate
-    from pipeline.preprocess import Preprocessing
-
-    directory = flag_values["eval"].value
-    if not directory:
-        raise PipelineInputError("--eval DIR is required: images to run on both machines")
-    target = parse_target(flag_values["target"].value, flag_values["ssh-option"].value,
-                          flag_values["remote-python"].value)
-    if not isinstance(target, SshTarget):
-        raise PipelineInputError("cross-architecture parity runs over ssh:// targets")
-    folder = calibrate.scan_images(directory)
-    if not folder.files:
-        raise PipelineInputError(f"no images in {directory}")
-    paths = calibrate.sample_files(folder, flag_values["eval-samples"].value or 50,
-                                   flag_values["seed"].value)[0]
-    from pipeline.device_runner import Runner, load_runtime
-
-    _, _, module = load_runtime()
-    resolution = int(Runner(module, model_path=path).input["shape"][1])
-    result = cross_arch_parity(target, path, sorted(paths), Preprocessing(resolution=resolution),
-                               flag_values["max-lsb"].value)
-    json.dump(result, sys.stdout, indent=2)
-    print()
-    device = result["device"]
-    mark = "✓" if result["passed"] else "✗"
-    print(f"{mark} {result['identical']}/{result['images']} outputs identical on {device['machine']} "
-          f"({'EMULATED: ' + device['emulation'] if device.get('emulated') else device.get('cpu_model')}); "
-          f"max difference {result['max_lsb']:g} "
-          f"{'LSB' if result['output_dtype'].startswith(('int', 'uint')) else 'ulp'} "
-          f"(≤ {result['max_lsb_allowed']:g}), top-1 agreement {result['top1_agreement']:.0%}",
-          file=sys.stderr)
-    if not result["passed"]:
-        from pipeline.errors import ParityError
-
-        raise ParityError("cross-architecture parity failed")
+def target_from_settings(settings):
+    """The device --target names (parse_target), None without one."""
+    if not settings["target"]:
+        return None
+    return parse_target(settings["target"], settings["ssh-option"], settings["remote-python"])

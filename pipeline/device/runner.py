@@ -6,25 +6,20 @@ of `ai_edge_litert` (LiteRT, the maintained package), `tflite_runtime` (retired)
 that imports.
 
     python device_runner.py MODEL.tflite --threads 1 2 --runs 50 > result.json
+
+(In this repository it is pipeline/device/runner.py; on a device, device_runner.py.)
 """
 
+import argparse
+import contextlib
+import json
 import os
+import platform
 import sys
+import tempfile
+import time
 
-if __name__ == "__main__":
-    # Run as a script from pipeline/, this file's folder comes first on sys.path, where the
-    # package's own `inspect` module would shadow the standard library's (numpy imports it).
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 RUNTIMES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "ai_edge_litert"),
@@ -122,6 +117,36 @@ def delegation(interpreter):
         "delegate_partitions": len(delegates),
         "ops_not_delegated": len(outside),
     }
+
+
+def delegate_shares(module, model, delegate=None, delegate_name=None, threads=1, xnnpack=True):
+    """Which delegate took how many of the model's ops, from the graph after delegation.
+
+    Every delegate's nodes are named DELEGATE alike, so the requested delegate's share is counted
+    on an interpreter that has it alone (no default delegate), and XNNPACK's (the default delegate,
+    applied after it to what is left) as the rest of what the full interpreter delegates. `model`
+    is a path or the model's bytes. Returns {"delegates": [{"delegate", "ops", "partitions"}],
+    "ops": the model's ops, "ops_on_cpu_kernels": ops no delegate took}; a delegate that loads but
+    takes nothing is listed with 0 ops."""
+    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": model}
+    full = make_interpreter(module, threads=threads, xnnpack=xnnpack,
+                            delegates=[delegate] if delegate else None, **source)
+    try:
+        ops = sum(1 for d in full._get_ops_details() if d["op_name"] != "DELEGATE")
+    except (AttributeError, RuntimeError):
+        return {"delegates": None, "ops": None, "ops_on_cpu_kernels": None}
+    together = delegation(full)
+    shares, taken, partitions = [], 0, 0
+    if delegate is not None:
+        alone = delegation(make_interpreter(module, threads=threads, xnnpack=False,
+                                            delegates=[delegate], **source))
+        taken, partitions = ops - alone["ops_not_delegated"], alone["delegate_partitions"]
+        shares.append({"delegate": delegate_name or "requested", "ops": taken, "partitions": partitions})
+    if xnnpack:
+        shares.append({"delegate": "XNNPACK",
+                       "ops": ops - together["ops_not_delegated"] - taken,
+                       "partitions": together["delegate_partitions"] - partitions})
+    return {"delegates": shares, "ops": ops, "ops_on_cpu_kernels": together["ops_not_delegated"]}
 
 
 def quantize_input(x, detail):
@@ -233,6 +258,14 @@ def time_configs(module, configs, warmup=5, runs=50, budget_s=None, seed=0):
             "times_ms": [round(t, 4) for t in times],
         }
         result.update(delegation(state["runner"].interpreter))
+        if config.get("delegates"):
+            # DELEGATE nodes of another delegate are not XNNPACK's: count each one's share.
+            shares = delegate_shares(module, config["model"], config["delegates"][0],
+                                     config.get("delegate_name"), config["threads"],
+                                     config.get("xnnpack", True))
+            result["delegates"] = shares["delegates"]
+            result["xnnpack_applied"] = any(d["delegate"] == "XNNPACK" and d["ops"] for d in
+                                            shares["delegates"] or [])
         results.append(result)
     return results
 
@@ -259,7 +292,8 @@ def load_delegate(module, library):
     if delegate is None:
         return None, {"requested": library, "loaded": False,
                       "note": "NOT loaded (%s): the timings are CPU figures" % failure}
-    return delegate, {"requested": library, "loaded": True, "note": "loaded and applied"}
+    # Loading is not taking ops: what it took is counted on the model (delegate_shares).
+    return delegate, {"requested": library, "loaded": True, "note": "loaded"}
 
 
 def peak_rss_kb():
@@ -419,10 +453,20 @@ def main(argv=None):
         print()
         return
     delegate, runtime["delegate"] = load_delegate(module, args.delegate_library)
+    if delegate is not None:
+        shares = delegate_shares(module, args.models[0], delegate,
+                                 os.path.basename(args.delegate_library), args.threads[0],
+                                 args.xnnpack != "off")
+        runtime["delegate"].update(shares)
+        took = shares["delegates"][0]["ops"] if shares["delegates"] else None
+        runtime["delegate"]["note"] = (
+            "loaded, but took no op: every op ran on XNNPACK or the CPU kernels" if took == 0
+            else "loaded; took %s of %s ops of %s" % (took, shares["ops"], os.path.basename(args.models[0])))
     rss_before = peak_rss_kb()
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.xnnpack]
     configs = [{"model": m, "name": os.path.basename(m), "threads": t, "xnnpack": x,
-                "delegates": [delegate] if delegate else None}
+                "delegates": [delegate] if delegate else None,
+                "delegate_name": os.path.basename(args.delegate_library or "")}
                for m in args.models for t in args.threads for x in modes]
     latencies = time_configs(module, configs, args.warmup, args.runs, args.budget_s)
     json.dump({"runtime": runtime, "device": device_facts(),

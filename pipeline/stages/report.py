@@ -14,27 +14,16 @@ killed leaves the previous set whole, never a model from one run beside a report
 """
 
 import json
-import os
 import platform
-from pathlib import Path
 
-from pipeline.artifacts import write_files_atomically
+from pipeline.core.artifacts import write_files_atomically
 
 CONFIG_FORMAT_VERSION = 2  # 2: x = (pixel − mean) / std; input "contract"; probabilities head
 
 
-def command_line():
-    """The command as typed (export also runs inside check, the gate, and its studies)."""
-    import shlex
-    import sys
-
-    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "export"
-    return f"python -m pipeline.{module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
 def output_meaning(built, converted):
     """"probabilities" (a softmax inside the model), "logits" or "scores"."""
-    from pipeline.convert import output_kind
+    from pipeline.core.tflite import output_kind
 
     if output_kind(converted.tflite) == "probabilities":
         return "probabilities"
@@ -138,7 +127,7 @@ def framing(spec):
 def machine_line(machine):
     """'AMD EPYC, 2 cores, class x86_64/avx512_vnni (avx512_vnni avx512bw …), int8 dot-product: yes
     (avx512_vnni)' for reports and the gate."""
-    from pipeline.device_runner import int8_dot_product_line
+    from pipeline.device.runner import int8_dot_product_line
 
     return (f"{machine.get('cpu_model') or 'unknown CPU'}, {machine.get('cpu_count')} cores, class "
             f"{machine.get('machine_class')} ({' '.join(machine.get('isa') or []) or 'no int8 ISA found'}), "
@@ -283,14 +272,11 @@ def cache_lines(cache):
 
 def render_parity_plot(parity, title):
     """parity.png: per-class top-1 of both models, and the distribution of per-image KL."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from pipeline.core.figures import png_bytes, pyplot
+
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     rows = parity.per_class
     if rows:
@@ -322,11 +308,7 @@ def render_parity_plot(parity, title):
     right.set_title(f"{parity.images} images, agreement {parity.agreement_top1:.2%}")
     figure.suptitle(title)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    # Fixed metadata so the same numbers give the same bytes.
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def write_report(out_dir, built, converted, float_tflite, calibration, parity, bench, spec,
@@ -380,7 +362,7 @@ def write_report(out_dir, built, converted, float_tflite, calibration, parity, b
             parity, f"{built.name} {converted.config.quantize} vs float — {parity.source}"),
     }
     if parity.per_image is not None:
-        from pipeline.verify import PER_IMAGE_FILE
+        from pipeline.stages.verify import PER_IMAGE_FILE
 
         files[PER_IMAGE_FILE] = parity.per_image.to_csv()
     write_files_atomically(out_dir, files)

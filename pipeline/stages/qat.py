@@ -31,8 +31,9 @@ same inputs and seed give the same weights.
 import dataclasses
 import time
 
-from pipeline.errors import PipelineInputError
-from pipeline.fold import WEIGHTED_LAYERS, consumers, fold_batchnorm
+from pipeline.core.options import option
+from pipeline.core.errors import PipelineInputError
+from pipeline.stages.fold import WEIGHTED_LAYERS, consumers, fold_batchnorm
 
 MIN_HELD_OUT_IMAGES = 32
 HELD_OUT_IMAGES = 256
@@ -204,10 +205,10 @@ def _int8_parity(candidate, float_model, calibration, convert_cfg, held_out, ref
                  store=None):
     """(per-image held-out KL, top-1 agreement) of `candidate` (a BuiltModel, with `float_model`
     its float ConvertedModel) quantized exactly as the export will."""
-    from pipeline import convert, verify
+    from pipeline.stages import convert, parity_metrics
 
     converted, _ = convert.quantize(candidate, calibration.arrays, convert_cfg, float_model, store)
-    metrics = verify.compare_outputs(reference, verify.tflite_logits(converted.tflite, held_out))
+    metrics = parity_metrics.compare_outputs(reference, parity_metrics.tflite_logits(converted.tflite, held_out))
     return metrics["kl_per_image"], metrics["agreement_top1"]
 
 
@@ -233,9 +234,9 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, float_model, store=Non
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import convert
-    from pipeline.build import weights_sha256
-    from pipeline.preprocess import load_images
+    from pipeline.stages import convert
+    from pipeline.stages.build import weights_sha256
+    from pipeline.stages.preprocess import load_images
 
     held_out_paths = calibration.held_out[:HELD_OUT_IMAGES]
     if len(held_out_paths) < MIN_HELD_OUT_IMAGES:
@@ -337,32 +338,33 @@ def fine_tune(built, calibration, spec, cfg, convert_cfg, float_model, store=Non
                      time.perf_counter() - started, cfg.min_z)
 
 
-def define_flags():
-    from pipeline.cli import define
+OPTIONS = (
+    option("bool", "qat", False,
+           "Fine-tune the weights for int8 by distillation from the float model on the calibration"
+           " images (quantization-aware), then convert as usual."),
+    option("integer", "qat-epochs", QatConfig.epochs, "Most epochs of --qat fine-tuning."),
+    option("float", "qat-learning-rate", QatConfig.learning_rate, "Adam learning rate of --qat."),
+    option("float", "qat-time-budget", QatConfig.time_budget_s,
+           "Seconds after which --qat starts no epoch it could not finish, keeping its best "
+           "weights."),
+)
 
-    define("boolean", "qat", False, "Fine-tune the weights for int8 by distillation from the float "
-           "model on the calibration images (quantization-aware), then convert as usual.")
-    define("integer", "qat-epochs", QatConfig.epochs, "Most epochs of --qat fine-tuning.")
-    define("float", "qat-learning-rate", QatConfig.learning_rate, "Adam learning rate of --qat.")
-    define("float", "qat-time-budget", QatConfig.time_budget_s,
-           "Seconds after which --qat starts no epoch it could not finish, keeping its best weights.")
 
-
-def config_from_flags(flag_values):
+def config_from_settings(settings):
     """QatConfig, or None without --qat."""
-    if not flag_values["qat"].value:
+    if not settings["qat"]:
         return None
-    epochs, rate, budget = (flag_values[f].value for f in ("qat-epochs", "qat-learning-rate",
-                                                           "qat-time-budget"))
+    epochs, rate, budget = (settings[f] for f in ("qat-epochs", "qat-learning-rate",
+                                                  "qat-time-budget"))
     if not epochs >= 1 or not rate > 0 or not budget > 0 or rate == float("inf"):
         raise PipelineInputError(f"--qat-epochs must be at least 1 (got {epochs}), "
                                  f"--qat-learning-rate (got {rate}) and --qat-time-budget "
                                  f"(got {budget}) above 0, e.g. --qat-epochs 8")
-    if flag_values["keep-float"].value:
+    if settings["keep-float"]:
         raise PipelineInputError("--qat and --keep-float are two answers to the same int8 loss: "
                                  "pass one")
-    if flag_values["quantize"].value != "int8":
+    if settings["quantize"] != "int8":
         raise PipelineInputError(f"--qat fine-tunes for int8: use it with --quantize int8, not "
-                                 f"{flag_values['quantize'].value}")
+                                 f"{settings['quantize']}")
     return QatConfig(epochs=epochs, learning_rate=rate, time_budget_s=budget,
-                     seed=flag_values["seed"].value)
+                     seed=settings["seed"])

@@ -1,0 +1,1 @@
+"""The command lines: absl flags → settings → pipeline.api → printed lines and exit codes."""

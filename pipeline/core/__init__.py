@@ -1,0 +1,1 @@
+"""What every layer uses: typed errors, readers of untrusted bytes, atomic artifacts, the cache, statistics."""

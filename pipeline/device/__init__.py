@@ -1,0 +1,1 @@
+"""What runs on a device: the one-file runner, and the SSH/adb targets that use it."""
