@@ -23,6 +23,7 @@ at the commands (pipeline.commands), which turn them into these calls.
     api.predict(...)      → PredictRun          python -m pipeline.predict
     api.inspect(...)      → dict                python -m pipeline.inspect
     api.sweep(...)        → SweepRun            python -m pipeline.sweep
+    api.cache(...)        → PruneResult         python -m pipeline.cache
 """
 
 import dataclasses
@@ -113,6 +114,21 @@ def sweep(settings=None, grid=None, **keywords):
 
     return stage.sweep(_settings(stage.OPTIONS, "sweep", settings, keywords), grid or {},
                        export_to_memory)
+
+
+def cache(cache_dir=None, older_than=None, max_size=None, dry_run=False):
+    """The export cache (`cache_dir`, default $TFLITE_PIPELINE_CACHE or ~/.cache/tflite-pipeline)
+    pruned: entries unused for `older_than` ("30d"), then the least recently used until it fits in
+    `max_size` ("5GB"); neither given lists it. Returns a PruneResult (`removed`, `kept`, `freed`,
+    `usage()`)."""
+    from pathlib import Path
+
+    from pipeline.core import cache as store
+
+    return store.prune(Path(cache_dir) if cache_dir else store.default_dir(),
+                       older_than_s=None if older_than is None else store.parse_age(older_than),
+                       max_bytes=None if max_size is None else store.parse_size(max_size),
+                       dry_run=dry_run)
 
 
 @dataclasses.dataclass

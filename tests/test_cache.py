@@ -3,6 +3,7 @@ uncached ones, calibration of the float .tflite identical to the converter's own
 identical to in-process parity."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -219,3 +220,51 @@ def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --cache-dir")
     assert not (tmp_path / "out").exists()
+
+
+def test_pruning_frees_stale_entries_and_the_live_ones_still_hit(tmp_path):
+    """A cache filled with entries last used 40 days ago and entries used now: `pipeline.cache
+    --older-than 30d` removes exactly the stale ones and says how much it freed, the live ones
+    still hit; `--max-size` then drops the least recently used; --dry-run removes nothing."""
+    import time
+
+    from pipeline.core.cache import Cache, key
+    from tests.conftest import run_cli
+
+    root = tmp_path / "cache"
+    store = Cache(root)
+    live = {key("live", i): bytes([i]) * 50_000 for i in range(3)}
+    stale = {key("stale", i): bytes([i]) * 70_000 for i in range(2)}
+    for entry, payload in {**live, **stale}.items():
+        store.put("calibrated", entry, payload, "test")
+    long_ago = time.time() - 40 * 86400
+    for entry in stale:
+        os.utime(store._path("calibrated", entry), (long_ago, long_ago))
+    (root / "calibrated" / ".tmp-killed").write_bytes(b"x" * 10)  # a killed write's leftover
+    os.utime(root / "calibrated" / ".tmp-killed", (long_ago, long_ago))
+
+    dry = run_cli("cache", "--cache-dir", root, "--older-than", "30d", "--dry-run")
+    assert dry.returncode == 0 and "would free 0.1 MB in 3 entries" in dry.stdout, dry.stdout
+    assert all(store._path("calibrated", e).exists() for e in stale)
+
+    done = run_cli("cache", "--cache-dir", root, "--older-than", "30d")
+    assert done.returncode == 0, done.stderr
+    assert "freed 0.1 MB in 3 entries; kept 0.2 MB in 3" in done.stdout
+    assert not (root / "calibrated" / ".tmp-killed").exists()
+    fresh = Cache(root)
+    assert all(fresh.lookup("calibrated", e, "test") == p for e, p in live.items())
+    assert all(fresh.lookup("calibrated", e, "test") is None for e in stale)
+
+    # LRU by last use: made an hour ago but hit just now, `used` outlives `idle` (made later,
+    # never hit since) when the cache must fit 120 kB.
+    used, idle, recent = live
+    for entry, seconds_ago in ((used, 3600), (idle, 2000), (recent, 1800)):
+        os.utime(store._path("calibrated", entry), (time.time() - seconds_ago,) * 2)
+    assert Cache(root).lookup("calibrated", used, "test") == live[used]
+    fitted = run_cli("cache", "--cache-dir", root, "--max-size", "120kB")
+    assert fitted.returncode == 0 and "freed 0.1 MB in 1 entries; kept 0.1 MB in 2" in fitted.stdout
+    assert fresh.lookup("calibrated", idle, "test") is None
+    assert fresh.lookup("calibrated", used, "test") == live[used]
+    assert fresh.lookup("calibrated", recent, "test") == live[recent]
+    bad = run_cli("cache", "--cache-dir", root, "--older-than", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --older-than 'soon' is not an age")

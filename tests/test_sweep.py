@@ -342,3 +342,32 @@ def test_the_same_sweep_runs_on_a_ray_cluster(sweep_2x2, images, tmp_path):
     assert (out / cell["folder"] / "model.tflite").read_bytes() == \
         (sweep_2x2[0] / local["folder"] / "model.tflite").read_bytes()
     assert _sweep_json(out)["latency"]["where"].startswith("ray node")
+
+
+def test_pruning_a_sweep_removes_the_cells_its_report_does_not_reference(sweep_2x2, tmp_path):
+    """Cells of an earlier grid, or whose key no longer matches, are removed by
+    `pipeline.cache --sweep`; the cells sweep.json references stay, byte for byte."""
+    import shutil
+
+    copy = tmp_path / "S"
+    shutil.copytree(sweep_2x2[0], copy)
+    referenced = sorted(c["folder"].split("/", 1)[1] for c in _sweep_json(copy)["cells"]
+                        if (copy / c["folder"] / "cell.json").is_file())
+    earlier = sorted({p.name for p in (copy / "cells").iterdir()} - set(referenced))
+    kept_bytes = {name: (copy / "cells" / name / "model.tflite").read_bytes() for name in referenced}
+    shutil.copytree(copy / "cells" / referenced[0], copy / "cells" / "r160_old_grid")
+    # A referenced cell whose stored export is of other inputs (its key is not the sweep's now).
+    stale = referenced[1]
+    changed = copy / "cells" / stale / "cell.json"
+    changed.write_text(json.dumps({**json.loads(changed.read_text()), "key": "0" * 64}))
+    done = run_cli("cache", "--cache-dir", tmp_path / "empty_cache", "--sweep", copy)
+    assert done.returncode == 0, done.stderr
+    assert (f"in {2 + len(earlier)} cells not in its sweep.json; kept {len(referenced) - 1}"
+            in done.stdout), done.stdout
+    assert "– r160_old_grid" in done.stdout and f"– {stale}" in done.stdout
+    live = [n for n in referenced if n != stale]
+    assert sorted(p.name for p in (copy / "cells").iterdir()) == live
+    assert {n: (copy / "cells" / n / "model.tflite").read_bytes() for n in live} == \
+        {n: kept_bytes[n] for n in live}
+    bad = run_cli("cache", "--sweep", tmp_path / "empty_cache")
+    assert bad.returncode == 2 and "holds no readable sweep.json" in bad.stderr

@@ -88,6 +88,8 @@ class Cache:
             self.damaged.add((kind, entry_key))
             return None
         digest, _, payload = data.partition(b"\n")
+        with contextlib.suppress(OSError):
+            os.utime(path)  # an entry's mtime is its last use: what pruning by age goes by
         if digest.decode("ascii", "replace") != sha256(payload):
             self.warn(f"cache: {kind} entry {path} is corrupt (its sha256 does not match: truncated "
                       "or edited); rebuilding it")
@@ -193,6 +195,109 @@ def files_digest(store, paths, digest_files):
     return digest
 
 
+# --- Keeping it bounded ----------------------------------------------------------------------------
+# Keys change with every input, so nothing here is ever stale, only unused: an entry's last use is
+# its mtime (a hit touches it). `prune` removes entries unused for longer than an age, then the
+# least recently used until the folder fits a size; what a killed run left (.tmp- files) goes too.
+
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(text, flag="--max-size"):
+    """'500MB', '5GB', '2GiB', '1000' (bytes) → bytes."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not found or found.group(2).upper() not in UNITS:
+        raise PipelineInputError(f"{flag} {text!r} is not a size: write e.g. 500MB or 5GB")
+    return int(float(found.group(1)) * UNITS[found.group(2).upper()])
+
+
+def parse_age(text, flag="--older-than"):
+    """'30d', '12h', '90m', '2w' → seconds."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(text))
+    if not found:
+        raise PipelineInputError(f"{flag} {text!r} is not an age: write e.g. 30d, 12h or 90m")
+    return float(found.group(1)) * DURATIONS[found.group(2)]
+
+
+@dataclasses.dataclass
+class Entry:
+    kind: str
+    path: Path
+    size: int
+    last_used: float  # seconds since the epoch
+
+
+def entries(root):
+    """Every entry under `root` (and leftovers of killed writes, kind '.tmp'), oldest use first."""
+    found = []
+    root = Path(root)
+    if not root.is_dir():
+        return found
+    for path in root.rglob("*"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            kind = ".tmp" if path.name.startswith(".tmp-") else path.relative_to(root).parts[0]
+            found.append(Entry(kind, path, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda e: (e.last_used, str(e.path)))
+
+
+@dataclasses.dataclass
+class PruneResult:
+    removed: list  # [Entry]
+    kept: list  # [Entry]
+    dry_run: bool = False
+
+    @property
+    def freed(self):
+        return sum(e.size for e in self.removed)
+
+    def usage(self):
+        """{kind: (entries, bytes)} of what is kept."""
+        by_kind = {}
+        for entry in self.kept:
+            count, size = by_kind.get(entry.kind, (0, 0))
+            by_kind[entry.kind] = (count + 1, size + entry.size)
+        return dict(sorted(by_kind.items()))
+
+
+def prune(root, older_than_s=None, max_bytes=None, dry_run=False, now=None):
+    """Removes the entries of the cache at `root` not used for `older_than_s` seconds, then the
+    least recently used until the rest fits in `max_bytes`; leftovers of killed writes older than
+    an hour always. Nothing given: nothing removed (a listing). Returns a PruneResult."""
+    import time
+
+    now = time.time() if now is None else now
+    kept, removed = [], []
+    for entry in entries(root):
+        age = now - entry.last_used
+        stale = older_than_s is not None and age > older_than_s
+        leftover = entry.kind == ".tmp" and age > 3600
+        (removed if stale or leftover else kept).append(entry)
+    if max_bytes is not None:
+        total = sum(e.size for e in kept)
+        while kept and total > max_bytes:
+            oldest = kept.pop(0)
+            removed.append(oldest)
+            total -= oldest.size
+    if not dry_run:
+        for entry in removed:
+            with contextlib.suppress(FileNotFoundError):
+                entry.path.unlink()
+        for folder in sorted((p for p in Path(root).rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only the empty ones go
+    return PruneResult(removed, kept, dry_run)
+
+
 OPTIONS = (
     option("string", "cache-dir", None,
            "Cache folder for work an export would redo: float conversion, calibration, the float "
@@ -210,3 +315,16 @@ def from_settings(settings):
         raise PipelineInputError(f"--cache-dir {root} is a file, not a folder: pass a folder path "
                                  "or --no-cache")
     return Cache(root)
+
+
+PRUNE_OPTIONS = (
+    OPTIONS[0],
+    option("string", "older-than", None,
+           "Remove entries not used for this long (30d, 12h, 90m)."),
+    option("string", "max-size", None,
+           "Then remove the least recently used until the cache fits in this (500MB, 5GB)."),
+    option("bool", "dry-run", False, "Say what would be removed; remove nothing."),
+    option("string", "sweep", None,
+           "Also prune this sweep folder: remove cells/<cell>/ its sweep.json does not reference "
+           "(an earlier grid's cells, cells whose inputs changed)."),
+)

@@ -291,6 +291,35 @@ def finished(output, cell):
     return stored, report
 
 
+def prune_cells(output, dry_run=False):
+    """Removes SWEEP/cells/<cell>/ folders the sweep's last report (sweep.json) does not reference
+    with their key: cells of an earlier grid, or a cell whose inputs changed since. Returns
+    ([(folder, bytes)] removed, [(folder, bytes)] kept)."""
+    import shutil
+
+    output = Path(output)
+    try:
+        summary = json.loads((output / "sweep.json").read_text())
+        referenced = {c["folder"]: c["key"] for c in summary["cells"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PipelineInputError(f"{output} holds no readable sweep.json: pass the --output folder "
+                                 "of a finished pipeline.sweep") from None
+    removed, kept = [], []
+    for folder in sorted(p for p in (output / "cells").glob("*") if p.is_dir()):
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        try:
+            key = json.loads((folder / "cell.json").read_text()).get("key")
+        except (OSError, ValueError, AttributeError):
+            key = None
+        if key is not None and referenced.get(f"cells/{folder.name}") == key:
+            kept.append((folder, size))
+            continue
+        removed.append((folder, size))
+        if not dry_run:
+            shutil.rmtree(folder, ignore_errors=True)
+    return removed, kept
+
+
 # --- Running a cell (on a Ray worker) --------------------------------------------------------------
 
 def export_cell(flags, command, export_to_memory):
