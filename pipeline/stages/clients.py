@@ -128,11 +128,11 @@ def task_library_image_classifier(model_bytes, images, expected, scratch_dir):
     return _summary(client, top1, expected, per_image)
 
 
-def litert_interpreter(model_bytes, images, inputs, expected):
+def litert_interpreter(model_bytes, inputs, expected):
     """A plain LiteRT Interpreter, as an app without the pipeline would use it: the model's own
-    input tensor fed (the camera's uint8 pixels when the input is their grid, else the normalized
-    floats quantized with the input's own scale and zero point), the output read back, top-1
-    compared with the pipeline's runner."""
+    input tensor fed (the normalized image on the input's own scale and zero point: for the default
+    export, the camera's uint8 pixels as they are), the output read back, top-1 compared with the
+    pipeline's runner."""
     from pipeline.device.runner import load_runtime, quantize_input
 
     name, version, module = load_runtime()
@@ -144,12 +144,10 @@ def litert_interpreter(model_bytes, images, inputs, expected):
         return {"client": client, "loads": False, "ok": False, "detail": _one_line(error)}
     given, returned = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     top1, finite = [], True
-    for pixels, x in zip(images, inputs):
-        if given["dtype"] == np.uint8 and np.array_equal(quantize_input(x[None], given)[0], pixels):
-            tensor = pixels[None]  # the default export: raw bytes in
-        else:
-            tensor = quantize_input(x[None], given)
-        interpreter.set_tensor(given["index"], tensor)
+    for x in inputs:
+        # The input's own grid: for the default export that is the camera's bytes as they are
+        # (tests/test_clients.py::test_raw_bytes_are_the_default_exports_input).
+        interpreter.set_tensor(given["index"], quantize_input(x[None], given))
         interpreter.invoke()
         out = interpreter.get_tensor(returned["index"])[0].astype(np.float64)
         scale, zero_point = returned["quantization"]
@@ -200,7 +198,7 @@ def check_clients(model_bytes, paths, spec, config_files=None, scratch_dir=None)
     rows = [mediapipe_image_classifier(model_bytes, images, ours)]
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         rows.append(task_library_image_classifier(model_bytes, images, ours, scratch))
-    rows.append(litert_interpreter(model_bytes, images, inputs, ours))
+    rows.append(litert_interpreter(model_bytes, inputs, ours))
     if config_files is not None:
         # Not a client run: what the app reads, checked as the app would (the app's Kotlin core is
         # run on golden vectors by tests/test_android.py, not by an export).
